@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs everything snapfs and its tests need on a fresh Debian 12 machine (idempotent, quiet when done).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PKGS=(docker-registry skopeo umoci busybox-static apache2-utils libcap2-bin attr openssl git tar
+          zstd xz-utils bzip2 debootstrap gcc)
+missing=()
+for p in "${APT_PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+# Editable install compiles the Cython kernel in place (src/snapfs/_fast*.so).
+"$PY" -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -E '^(WARNING: (Running pip as|Location))' || true
+"$PY" -c 'import snapfs._fast' || { echo "setup: the compiled kernel snapfs._fast did not build" >&2; exit 1; }

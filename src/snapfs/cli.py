@@ -1,0 +1,58 @@
+"""Command-line entry point: parses arguments, dispatches, prints one line per error.
+
+Each group of subcommands lives in a ``cmd_*`` module exposing ``register(subparsers)``; a handler returns the
+process exit code. Errors the user can cause are ``SnapfsError`` and print as ``snapfs: <message>``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import SnapfsError
+
+# Subcommand modules, in the order their commands appear in --help.
+COMMAND_MODULES = (
+    "snapfs.cmd_engine",
+    "snapfs.cmd_registry",
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's default prints usage and exits 2; keep that, one line
+        self.exit(2, f"snapfs: {message}\n")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="snapfs", description="Daemonless OCI image builder and filesystem diff engine.")
+    parser.add_argument("--version", action="version", version=f"snapfs {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SnapfsError as exc:
+        print(f"snapfs: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("snapfs: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 141
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""A directory treated as the root of a filesystem: every path is resolved inside it.
+
+This is ``openat2(RESOLVE_IN_ROOT)`` done by hand, because the syscall is not reachable from Python and not every
+kernel we run on has it: a path is walked one component at a time with ``O_PATH | O_NOFOLLOW`` opens relative to
+the previous directory's fd, symlinks met on the way are read and their targets spliced into the walk (an absolute
+target restarts at the root) and ``..`` is clamped at the root like in a chroot. A layer or a build step can
+therefore never reach outside the root, whatever symlinks an earlier layer planted. The final component is not
+followed unless asked, so callers act on the symlink itself, never on what it points to.
+
+Errors are ``OSError`` with the errno the kernel would give (``ENOENT``, ``ENOTDIR``, ``ELOOP``); callers add the
+context (layer and entry name).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+from collections import deque
+from contextlib import contextmanager
+from typing import Iterator
+
+MAX_SYMLINKS = 40  # Linux's MAXSYMLINKS: same limit, same ELOOP, as a real path walk
+_WALK_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def split_path(path: str) -> list[str]:
+    """Components of ``path`` without empty ones and ``.``; ``..`` is kept for the walk to clamp."""
+    return [c for c in path.split("/") if c and c != "."]
+
+
+def lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
+    """``lstat`` of ``name`` in ``dir_fd``, or None when it does not exist."""
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def remove_at(dir_fd: int, name: str, st: os.stat_result | None = None) -> bool:
+    """Remove ``name`` (a file, a symlink itself or a whole tree) from ``dir_fd``; False if it did not exist."""
+    st = st or lstat_at(dir_fd, name)
+    if st is None:
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        # With dir_fd, rmtree walks by fd and refuses to follow symlinks, so it cannot escape the tree.
+        shutil.rmtree(name, dir_fd=dir_fd)
+    else:
+        os.unlink(name, dir_fd=dir_fd)
+    return True
+
+
+def open_dir_at(dir_fd: int, name: str) -> int:
+    """A readable fd of the directory ``name`` in ``dir_fd``; a symlink there is refused (ENOTDIR/ELOOP)."""
+    return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+
+
+class RootFS:
+    """An open root directory; resolves paths inside it. Use as a context manager or call ``close()``."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        # A readable fd (not O_PATH) so the root's own metadata can be changed through it.
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> RootFS:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def resolve(self, path: str, *, follow: bool = False, make_parents: bool = False) -> tuple[int, str]:
+        """(parent dir fd, final name) of ``path`` inside the root; the caller closes the fd.
+
+        The final component is followed only when ``follow`` is true. ``make_parents`` creates missing
+        intermediate directories (mode 0755, owned by root when running as root). A path that names the root
+        itself gives (a dup of the root fd, ".").
+        """
+        todo = deque(split_path(path))
+        stack = [self.fd]  # fds of the directories walked so far; stack[0] is the root and is never closed
+        names: list[str] = []
+        expansions = 0
+        try:
+            while todo:
+                name = todo.popleft()
+                if name == "..":
+                    if len(stack) > 1:  # clamped at the root, like a chroot
+                        os.close(stack.pop())
+                        names.pop()
+                    continue
+                last = not todo
+                if last and not follow:
+                    return self._take(stack, name)
+                kind, fd = _step(stack[-1], name, create=make_parents and not last)
+                if kind == "dir":
+                    stack.append(fd)
+                    names.append(name)
+                elif kind == "link":
+                    expansions += 1
+                    if expansions > MAX_SYMLINKS:
+                        raise OSError(errno.ELOOP, "too many levels of symbolic links", path)
+                    target = os.readlink(name, dir_fd=stack[-1])
+                    if target.startswith("/"):
+                        while len(stack) > 1:
+                            os.close(stack.pop())
+                        names.clear()
+                    todo.extendleft(reversed(split_path(target)))
+                elif last:  # followed final component that is not a directory (or does not exist)
+                    return self._take(stack, name)
+                else:
+                    code = errno.ENOENT if kind == "missing" else errno.ENOTDIR
+                    raise OSError(code, os.strerror(code), path)
+            # The path named a directory itself (the root, or via "..", or a followed symlink): hand back its
+            # parent and name so callers can treat it like any other entry.
+            if len(stack) == 1:
+                return self._take(stack, ".")
+            os.close(stack.pop())
+            return self._take(stack, names.pop())
+        except BaseException:
+            for fd in stack[1:]:
+                os.close(fd)
+            raise
+
+    @staticmethod
+    def _take(stack: list[int], name: str) -> tuple[int, str]:
+        """Keep the top fd for the caller, close the rest; the root fd is dup'ed so the caller may close it."""
+        for fd in stack[1:-1]:
+            os.close(fd)
+        top = stack[-1]
+        return (os.dup(top) if len(stack) == 1 else top), name
+
+    @contextmanager
+    def at(self, path: str, *, follow: bool = False, make_parents: bool = False) -> Iterator[tuple[int, str]]:
+        """``resolve`` with the parent fd closed on exit."""
+        dir_fd, name = self.resolve(path, follow=follow, make_parents=make_parents)
+        try:
+            yield dir_fd, name
+        finally:
+            os.close(dir_fd)
+
+    def lstat(self, path: str) -> os.stat_result | None:
+        """``lstat`` inside the root; None when the path (or a parent) does not exist."""
+        try:
+            with self.at(path) as (dir_fd, name):
+                return lstat_at(dir_fd, name)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def remove(self, path: str) -> bool:
+        """Remove a file, symlink or whole tree inside the root; False if it did not exist."""
+        try:
+            with self.at(path) as (dir_fd, name):
+                if name == ".":
+                    raise OSError(errno.EBUSY, "refusing to remove the root", path)
+                return remove_at(dir_fd, name)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+
+    def open_dir(self, path: str) -> int:
+        """A readable fd of the directory ``path`` (not followed if it is a symlink); the caller closes it."""
+        with self.at(path) as (dir_fd, name):
+            return os.dup(dir_fd) if name == "." else open_dir_at(dir_fd, name)
+
+
+def _step(dir_fd: int, name: str, *, create: bool) -> tuple[str, int]:
+    """Look at one component: ("dir", fd) | ("link", -1) | ("other", -1) | ("missing", -1)."""
+    try:
+        return "dir", os.open(name, _WALK_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        if not create:
+            return "missing", -1
+        _make_dir(dir_fd, name)
+        return "dir", os.open(name, _WALK_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+            raise
+    st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    return ("link" if stat.S_ISLNK(st.st_mode) else "other"), -1
+
+
+def _make_dir(dir_fd: int, name: str) -> None:
+    """An implicit parent: 0755 whatever the umask, and root-owned even under a setgid parent."""
+    os.mkdir(name, 0o700, dir_fd=dir_fd)
+    fd = open_dir_at(dir_fd, name)
+    try:
+        if os.geteuid() == 0:
+            os.fchown(fd, 0, 0)
+        os.fchmod(fd, 0o755)
+    finally:
+        os.close(fd)
