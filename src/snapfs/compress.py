@@ -100,13 +100,14 @@ class _ZstdWriter:
         self._w.close()
 
 
-class _Blocks:
-    """Feeds the compressor fixed-size blocks whatever the write sizes, so the compressed bytes depend only on
-    the input bytes (igzip_threaded compresses each write as its own block) and small writes stay cheap."""
+class BlockWriter:
+    """Passes bytes on in fixed-size blocks whatever the write sizes: the compressed output then depends only
+    on the input bytes (igzip_threaded compresses each write as its own block), and hashing sees few large
+    updates instead of one per tar header. ``flush()`` passes on the last, short block."""
 
     __slots__ = ("_inner", "_buf", "_size")
 
-    def __init__(self, inner, size: int) -> None:
+    def __init__(self, inner, size: int = _GZIP_BLOCK) -> None:
         self._inner, self._buf, self._size = inner, bytearray(), size
 
     def write(self, data) -> int:
@@ -122,15 +123,22 @@ class _Blocks:
             self._inner.write(bytes(buf))
             buf.clear()
         while n - pos >= self._size:
-            self._inner.write(view[pos:pos + self._size])
+            self._inner.write(bytes(view[pos:pos + self._size]))  # a copy: callers reuse their buffers
             pos += self._size
         buf += view[pos:]
         return n
 
-    def close(self) -> None:
+    def flush(self) -> None:
         if self._buf:
             self._inner.write(bytes(self._buf))
             self._buf.clear()
+
+
+class _Blocks(BlockWriter):
+    __slots__ = ()
+
+    def close(self) -> None:
+        self.flush()
         self._inner.close()
 
 
