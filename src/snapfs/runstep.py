@@ -1,0 +1,239 @@
+"""One build step at a time: route each instruction, and run RUN steps through the sandbox.
+
+RUN: the shell or exec form becomes argv (heredocs go to the shell as written, so it expands them the way
+BuildKit's runner does; a lone heredoc with a shebang runs as a script file), the environment is the step's
+ENV + ARG scope (ARGs never reach the config), the user comes from the stage's own passwd/group, and
+``--mount`` sources are prepared on the host: context or stage directories for ``bind``, a locked directory
+under the cache dir for ``cache``, the ``--secret`` files for ``secret``. Nothing of a secret reaches a layer
+or the history: the history records the command only, and the sandbox removes the mount points it made.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import posixpath
+
+from . import executor, instructions as ins
+from .copier import Source
+from .errors import BuildError, NotSupportedError, UsageError
+from .executor import StageState, StepTiming
+from .instruction_values import parse_mount
+from .rootfs import RootFS
+
+MAX_HEREDOC_SCRIPT = 1 << 20
+
+
+class StepRunner:
+    """Executes the steps of one stage for a ``build._Builder``."""
+
+    def __init__(self, builder, state: StageState) -> None:
+        self.b, self.state = builder, state
+
+    @property
+    def opts(self):
+        return self.b.stage_opts
+
+    def step(self, i, scope, *, index: int) -> StepTiming:
+        if isinstance(i, ins.Run):
+            return self.run(i, scope, index=index)
+        if isinstance(i, (ins.Copy, ins.Add)):
+            return self.copy(i, index=index)
+        if isinstance(i, ins.Workdir):
+            owner = self._owner(self.state.config.user()) if self.state.config.user() else (0, 0)
+            return executor.workdir_step(self.state, self.opts, i, index=index, created_by=_original(i),
+                                         owner=owner)
+        if isinstance(i, ins.From):
+            raise BuildError("FROM inside a stage")  # the planner splits stages; never reached
+        return executor.metadata_step(self.state, self.opts, i, index=index, created_by=_original(i))
+
+    # -- COPY / ADD ----------------------------------------------------------------------------------------
+
+    def copy(self, i, *, index: int) -> StepTiming:
+        what = "COPY" if isinstance(i, ins.Copy) else "ADD"
+        if isinstance(i, ins.Add):
+            for src in i.sources:
+                if "://" in src or src.startswith("git@"):
+                    raise NotSupportedError(f"ADD from a URL ({src}) is not supported yet")
+            if i.checksum:
+                raise NotSupportedError("ADD --checksum is not supported yet")
+            if i.keep_git_dir:
+                raise NotSupportedError("ADD --keep-git-dir is not supported yet")
+            if i.unpack is True or self._has_archive(i):
+                raise NotSupportedError("ADD of a local archive (auto-extraction) is not supported yet")
+        source = self._source(getattr(i, "from_", None))
+        owner = self._chown(i.chown) if i.chown else None
+        created_by = f"{what} {' '.join([*(f'<<{f.name}' for f in i.inline), *i.sources, i.dest])} # buildkit"
+        return executor.copy_step(self.state, self.opts, i, index=index, created_by=created_by, source=source,
+                                  owner=owner)
+
+    def _has_archive(self, i) -> bool:
+        from .compress import detect
+
+        with RootFS(self.b.context.root) as root:
+            for src in i.sources:
+                try:
+                    with root.at(src.lstrip("/"), follow=True) as (fd, name):
+                        f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
+                        try:
+                            head = os.read(f, 512)
+                        finally:
+                            os.close(f)
+                except OSError:
+                    continue
+                if detect(head) != "none" or (len(head) >= 262 and head[257:262] == b"ustar"):
+                    return True
+        return False
+
+    def _source(self, from_: str | None) -> Source:
+        if not from_:
+            return self.b.context
+        stage = self.b.plan.find_stage(from_)
+        if stage is not None:
+            if stage.index not in self.b.stages:
+                raise BuildError(f"--from={from_}: stage has not been built")
+            return Source(self.b.stages[stage.index].state.root, False, label=f"stage {from_}")
+        return Source(self._image_root(from_), False, label=f"image {from_}")
+
+    def _image_root(self, ref: str) -> str:
+        """COPY --from=<image>: the image unpacked once per build."""
+        if ref in self.b.images:
+            return self.b.images[ref][1]
+        from .outputs import load_image
+        from .apply import apply_layer
+
+        image, _ = load_image(ref, store=self.b.store, client=None if ref.startswith(("oci:", "docker-archive:"))
+                              else self.b.client())
+        root = os.path.join(self.b.scratch, f"image-{hashlib.sha256(ref.encode()).hexdigest()[:16]}")
+        os.makedirs(root)
+        with RootFS(root) as r:
+            for layer in image.layers:
+                with open(layer.path, "rb") as f:
+                    apply_layer(f, r)
+        self.b.images[ref] = (image, root)
+        return root
+
+    def _owner(self, spec: str) -> tuple[int, int]:
+        from .users import resolve_user
+
+        user = resolve_user(self.state.root, spec)
+        return user.uid, user.gid
+
+    def _chown(self, spec: str) -> tuple[int, int]:
+        from .users import resolve_chown
+
+        return resolve_chown(self.state.root, spec)
+
+    # -- RUN ----------------------------------------------------------------------------------------------
+
+    def run(self, i: ins.Run, scope, *, index: int) -> StepTiming:
+        from . import sandbox
+
+        if i.security and i.security != "sandbox":
+            raise NotSupportedError(f"RUN --security={i.security} is not supported yet")
+        network = i.network or "default"
+        if network not in ("default", "none", "host"):
+            raise UsageError(f"RUN --network={network}: choose default, none or host")
+        if not sandbox.isolation_available():
+            raise NotSupportedError("RUN without mount and PID namespaces (in-container mode)")
+        cfg = self.state.config
+        env = dict(scope.run_env())
+        argv, script = self._argv(i)
+        with contextlib.ExitStack() as stack:
+            mounts = tuple(m for m in (self._mount(spec, scope, env, stack) for spec in i.mount_specs) if m)
+            if script is not None:
+                path = os.path.join(self.b.scratch, f"heredoc-{index}")
+                with open(path, "w") as f:
+                    f.write(script)
+                os.chmod(path, 0o755)
+                mounts += (sandbox.Mount(kind="bind", target="/dev/.snapfs-heredoc", source=path),)
+            spec = sandbox.RunSpec(root=self.state.root, argv=tuple(argv), env=tuple(env.items()),
+                                   workdir=cfg.workdir(), user=cfg.user(), network=network, mounts=mounts)
+            result = sandbox.run(spec)
+        if result.exit_code != 0:
+            raise BuildError(f"RUN {_short(argv)} returned a non-zero code: {result.exit_code}",
+                             exit_code=result.exit_code if 0 < result.exit_code < 256 else 1)
+        return executor.commit(self.state, self.opts, index=index, created_by=f"RUN {_short(argv, 0)} # buildkit",
+                               run_time=result.seconds, extra_ignore=tuple(p.strip("/") for p in result.created))
+
+    def _argv(self, i: ins.Run) -> tuple[list[str], str | None]:
+        shell = list(self.state.config.shell())
+        if not i.heredocs:
+            return (shell + [i.command[0]] if i.shell_form else list(i.command)), None
+        cmd = i.command[0] if i.command else ""
+        lone = cmd.strip().lstrip("<-").strip("'\"") == i.heredocs[0].name and len(i.heredocs) == 1
+        if lone:
+            body = i.heredocs[0].data
+            if len(body) > MAX_HEREDOC_SCRIPT:
+                raise BuildError("RUN heredoc larger than 1 MiB")
+            if body.startswith("#!"):
+                return ["/dev/.snapfs-heredoc"], body
+            return shell + [body], None
+        # The shell sees the command with its heredocs, exactly as written, and expands them itself.
+        text = i.node.original.split("\n", 1)
+        script = text[1] if len(text) > 1 else ""
+        return shell + [cmd + "\n" + script], None
+
+    def _mount(self, spec: str, scope, env: dict, stack: contextlib.ExitStack):
+        """The sandbox mount for one ``--mount`` value, its host side prepared (None: nothing to mount)."""
+        from . import sandbox
+
+        lookup = scope.lookup()
+        m = parse_mount(spec, expand=lambda s: _expand(s, lookup))
+        target = m.target if m.target.startswith("/") else posixpath.join(self.state.config.workdir(), m.target)
+        if m.type == "ssh":
+            raise NotSupportedError("RUN --mount=type=ssh is not supported yet")
+        if m.type == "tmpfs":
+            return sandbox.Mount(kind="tmpfs", target=target, readonly=False, size=m.size)
+        if m.type == "secret":
+            secrets = dict(self.b.o.secrets)
+            sid = m.id or posixpath.basename(m.target)
+            src = secrets.get(sid)
+            if src is None:
+                if m.required:
+                    raise BuildError(f"secret {sid} is required but was not given (--secret id={sid},src=...)")
+                return None  # an optional secret that was not given is simply absent, as in BuildKit
+            if m.env:
+                with open(src, "r", errors="surrogateescape") as f:
+                    env[m.env] = f.read()
+            return sandbox.Mount(kind="secret", target=m.target or f"/run/secrets/{sid}", source=src,
+                                 mode=m.mode if m.mode is not None else 0o400, uid=m.uid or 0, gid=m.gid or 0)
+        if m.type == "cache":
+            cid = m.id or target
+            path = os.path.join(self.b.cache_dir, "run-cache", hashlib.sha256(cid.encode()).hexdigest()[:32])
+            fresh = not os.path.isdir(path)
+            os.makedirs(path, exist_ok=True)
+            if fresh:
+                os.chmod(path, m.mode if m.mode is not None else 0o755)
+                os.chown(path, m.uid or 0, m.gid or 0)
+            lock = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            stack.callback(os.close, lock)
+            # Concurrent builds sharing a cache serialise on it unless it is declared private/shared.
+            fcntl.flock(lock, fcntl.LOCK_EX if m.sharing in ("", "locked") else fcntl.LOCK_SH)
+            return sandbox.Mount(kind="cache", target=target, source=path, readonly=False)
+        # bind: from the context (default), a stage or an image; never outside that root
+        root = self._source(m.from_).root if m.from_ else self.b.context.root
+        with RootFS(root) as r:
+            if r.lstat(m.source.lstrip("/") or ".") is None and m.source.strip("/"):
+                raise BuildError(f"RUN --mount source {m.source!r} not found")
+        host = os.path.realpath(os.path.join(root, m.source.lstrip("/")))
+        real_root = os.path.realpath(root)
+        if os.path.commonpath([real_root, host]) != real_root:
+            raise BuildError(f"RUN --mount source {m.source!r} resolves outside its root")
+        return sandbox.Mount(kind="bind", target=target, source=host, readonly=m.readonly)
+
+
+def _expand(text: str, env: dict) -> str:
+    from .shellwords import Lexer
+
+    return Lexer().word(text, env)
+
+
+def _original(i) -> str:
+    return i.node.original.split("\n", 1)[0]
+
+
+def _short(argv, limit: int = 120) -> str:
+    text = " ".join(argv)
+    return text if not limit or len(text) <= limit else text[:limit - 3] + "..."
