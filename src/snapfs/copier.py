@@ -208,11 +208,18 @@ class _Copy:
         if target:  # the stage root itself keeps its own metadata
             self.make_dirs(posixpath.dirname(target))
             self._put_dir(target, st)
-        self._children(rel, target)
+        self._children(rel, target, base=rel)
         if target:
             self._finish_dir(target, st)
 
-    def _children(self, rel: str, target: str) -> None:
+    def _excluded(self, child: str, base: str) -> bool:
+        """--exclude patterns match relative to the source being copied (and to the source root)."""
+        if self.exclude is None:
+            return False
+        inner = child[len(base) + 1:] if base and child.startswith(base + "/") else child
+        return self.exclude.excluded(inner) or self.exclude.excluded(child)
+
+    def _children(self, rel: str, target: str, *, base: str) -> None:
         fd = self.sroot.open_dir(rel or ".")
         try:
             names = sorted(os.listdir(fd))
@@ -220,7 +227,7 @@ class _Copy:
             os.close(fd)
         for name in names:
             child = f"{rel}/{name}" if rel else name
-            if _ignored(self.src, child) or (self.exclude and self.exclude.excluded(child)):
+            if _ignored(self.src, child) or self._excluded(child, base):
                 if self.src.ignore is None or not self.src.ignore.may_descend(child):
                     continue
             dest = f"{target}/{name}" if target else name
@@ -229,9 +236,9 @@ class _Copy:
                 continue
             if stat.S_ISDIR(st.st_mode):
                 self._put_dir(dest, st)
-                self._children(child, dest)
+                self._children(child, dest, base=base)
                 self._finish_dir(dest, st)
-            elif not (_ignored(self.src, child) or (self.exclude and self.exclude.excluded(child))):
+            elif not (_ignored(self.src, child) or self._excluded(child, base)):
                 self.entry(child, dest, followed=False)
 
     def _put_dir(self, target: str, st: os.stat_result) -> None:

@@ -154,23 +154,29 @@ def workdir_step(state: StageState, opts: StageOptions, instruction: ins.Workdir
 
 
 def copy_step(state: StageState, opts: StageOptions, instruction, *, index: int, created_by: str,
-              source: Source, owner: tuple[int, int] | None) -> StepTiming:
-    """COPY / ADD of local sources (the caller resolved --from into ``source``)."""
+              source: Source, owner: tuple[int, int] | None, staged: list | None = None) -> StepTiming:
+    """COPY / ADD: inline heredoc files, then the sources (``staged`` for ADD: already made local)."""
     t = time.perf_counter()
     chmod = parse_chmod(instruction.chmod) if instruction.chmod else None
     parents = getattr(instruction, "parents", False)
     what = "COPY" if isinstance(instruction, ins.Copy) else "ADD"
     workdir = state.config.workdir()
+    dest = instruction.dest
+    several = len(instruction.sources) + len(instruction.inline) > 1
     with RootFS(state.root) as root:
         for inline in instruction.inline:
-            dest = instruction.dest
-            target = dest.rstrip("/") + "/" + inline.name if dest.endswith("/") or len(instruction.inline) > 1 \
-                else dest
+            target = dest.rstrip("/") + "/" + inline.name if dest.endswith("/") or several else dest
             mode = chmod.apply(0o100644, is_dir=False) if chmod else 0o644
             write_inline(root, imageconfig.resolve_workdir(workdir, target).lstrip("/"), inline.data.encode(),
                          owner=owner, mode=mode, mtime_ns=None if opts.epoch is None else opts.epoch * 10**9)
-        if instruction.sources:
-            copy(root, source, list(instruction.sources), instruction.dest, workdir=workdir, owner=owner,
+        if staged is not None:
+            for s in staged:
+                # An extracted archive or a cloned repository always lands inside the destination directory.
+                d = dest + "/" if (s.into_dir or several) and not dest.endswith("/") else dest
+                copy(root, s.source, [s.pattern], d, workdir=workdir, owner=owner, chmod=chmod,
+                     excludes=instruction.excludes, what=what)
+        elif instruction.sources:
+            copy(root, source, list(instruction.sources), dest, workdir=workdir, owner=owner,
                  chmod=chmod, excludes=instruction.excludes, parents=parents, what=what)
     return commit(state, opts, index=index, created_by=created_by, run_time=time.perf_counter() - t)
 

@@ -52,39 +52,55 @@ class StepRunner:
 
     def copy(self, i, *, index: int) -> StepTiming:
         what = "COPY" if isinstance(i, ins.Copy) else "ADD"
-        if isinstance(i, ins.Add):
-            for src in i.sources:
-                if "://" in src or src.startswith("git@"):
-                    raise NotSupportedError(f"ADD from a URL ({src}) is not supported yet")
-            if i.checksum:
-                raise NotSupportedError("ADD --checksum is not supported yet")
-            if i.keep_git_dir:
-                raise NotSupportedError("ADD --keep-git-dir is not supported yet")
-            if i.unpack is True or self._has_archive(i):
-                raise NotSupportedError("ADD of a local archive (auto-extraction) is not supported yet")
-        source = self._source(getattr(i, "from_", None))
         owner = self._chown(i.chown) if i.chown else None
         created_by = f"{what} {' '.join([*(f'<<{f.name}' for f in i.inline), *i.sources, i.dest])} # buildkit"
+        if isinstance(i, ins.Add):
+            staged = self._stage_add(i, index)
+            return executor.copy_step(self.state, self.opts, i, index=index, created_by=created_by,
+                                      source=self.b.context, owner=owner, staged=staged)
+        source = self._source(i.from_)
         return executor.copy_step(self.state, self.opts, i, index=index, created_by=created_by, source=source,
                                   owner=owner)
 
-    def _has_archive(self, i) -> bool:
-        from .compress import detect
+    def _stage_add(self, i: ins.Add, index: int) -> list:
+        """Every ADD source made local: URLs downloaded, repositories cloned, archives extracted."""
+        from . import addsources as add
+        from .copier import _match
 
-        with RootFS(self.b.context.root) as root:
-            for src in i.sources:
-                try:
-                    with root.at(src.lstrip("/"), follow=True) as (fd, name):
-                        f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
-                        try:
-                            head = os.read(f, 512)
-                        finally:
-                            os.close(f)
-                except OSError:
-                    continue
-                if detect(head) != "none" or (len(head) >= 262 and head[257:262] == b"ustar"):
-                    return True
-        return False
+        staging = os.path.join(self.b.scratch, f"add-{index}")
+        os.makedirs(staging)
+        out = []
+        for n, src in enumerate(i.sources):
+            area = os.path.join(staging, str(n))
+            os.makedirs(area)
+            if add.is_git(src):
+                repo = add.clone(src, area, keep_git_dir=i.keep_git_dir)
+                out.append(add.Staged(Source(repo, False, label=src), ".", into_dir=True))
+            elif add.is_url(src):
+                if i.keep_git_dir:
+                    raise UsageError("ADD --keep-git-dir applies only to git sources")
+                path = add.download(src, area, checksum=i.checksum)
+                if i.unpack and add.is_archive(path):
+                    out.append(add.Staged(Source(add.extract(path, area), False, label=src), ".", into_dir=True))
+                else:
+                    out.append(add.Staged(Source(area, False, label=src), os.path.basename(path)))
+            else:
+                if i.checksum:
+                    raise UsageError("ADD --checksum applies only to URL sources")
+                with RootFS(self.b.context.root) as root:
+                    matches = _match(root, self.b.context, src, None)
+                if not matches:
+                    raise BuildError(f"ADD failed: {src!r}: not found in build context")
+                for m in matches:
+                    path = add.local_source_path(self.b.context, m.rel)
+                    if path is not None and i.unpack is not False and add.is_archive(path):
+                        sub = os.path.join(area, f"a{len(out)}")
+                        os.makedirs(sub)
+                        out.append(add.Staged(Source(add.extract(path, sub), False, label=m.rel), ".",
+                                              into_dir=True))
+                    else:
+                        out.append(add.Staged(self.b.context, m.rel))
+        return out
 
     def _source(self, from_: str | None) -> Source:
         if not from_:

@@ -1,0 +1,152 @@
+"""Fixtures for end-to-end builds: real bases (busybox, Debian), a real registry, and a build runner.
+
+Dockerfiles in the tests say ``FROM busybox`` or ``FROM debian:bookworm`` like real ones; the runner maps
+docker.io to the local registry with ``--registry-map`` (plain HTTP), as a mirror would in a cluster.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "registry"))
+from imagekit import busybox_rootfs, dir_layer, image_of  # noqa: E402
+from registry_servers import RegistryProcess, need, skopeo  # noqa: E402
+
+from snapfs import apply_layers  # noqa: E402
+from snapfs.build import BuildOptions, build  # noqa: E402
+from snapfs.layout import read_layout, write_layout  # noqa: E402
+from snapfs.outputs import OutputOptions  # noqa: E402
+from snapfs.reference import parse_reference  # noqa: E402
+from snapfs.registry import RegistryOptions  # noqa: E402
+
+DEBIAN_CACHE = os.environ.get("SNAPFS_TEST_CACHE", "/var/tmp/snapfs-test-cache")
+
+
+@pytest.fixture(scope="session")
+def basedir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("bases"))
+
+
+@pytest.fixture(scope="session")
+def busybox_layout(basedir):
+    """busybox (Debian's busybox-static) with an ``app`` user, as an OCI layout."""
+    need("busybox")
+    root = busybox_rootfs(os.path.join(basedir, "busybox-root"))
+    with open(os.path.join(root, "etc", "passwd"), "a") as f:
+        f.write("app:x:1000:1000:app:/home/app:/bin/sh\n")
+    with open(os.path.join(root, "etc", "group"), "a") as f:
+        f.write("app:x:1000:\nstaff:x:50:app\n")
+    os.makedirs(os.path.join(root, "home", "app"))
+    os.chown(os.path.join(root, "home", "app"), 1000, 1000)
+    layer = dir_layer(os.path.join(basedir, "busybox-blobs"), root)
+    layout = os.path.join(basedir, "busybox-oci")
+    write_layout(layout, image_of([layer], cmd=["sh"]), ref_name="busybox")
+    return layout
+
+
+def _debian_mirror() -> str:
+    for path in ("/etc/apt/sources.list.d/debian.sources",):
+        try:
+            for line in open(path):
+                if line.startswith("URIs:"):
+                    return line.split()[1]
+        except OSError:
+            pass
+    return "http://deb.debian.org/debian"
+
+
+@pytest.fixture(scope="session")
+def debian_layout(basedir):
+    """Debian bookworm minbase from the machine's own mirror, cached between runs as an OCI layout."""
+    need("debootstrap")
+    layout = os.path.join(DEBIAN_CACHE, "debian-bookworm-oci")
+    if not os.path.exists(os.path.join(layout, "index.json")):
+        root = os.path.join(basedir, "debian-root")
+        r = subprocess.run(["debootstrap", "--variant=minbase", "bookworm", root, _debian_mirror()],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        shutil.rmtree(os.path.join(root, "var/cache/apt/archives"), ignore_errors=True)
+        os.makedirs(os.path.join(root, "var/cache/apt/archives/partial"), exist_ok=True)
+        tmp = layout + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        layer = dir_layer(os.path.join(basedir, "debian-blobs"), root)
+        write_layout(tmp, image_of([layer], cmd=["bash"]), ref_name="bookworm")
+        os.makedirs(DEBIAN_CACHE, exist_ok=True)
+        os.replace(tmp, layout)
+    return layout
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory, busybox_layout):
+    """A plain-HTTP registry holding ``library/busybox:latest`` (and Debian once asked for)."""
+    need("docker-registry")
+    reg = RegistryProcess(str(tmp_path_factory.mktemp("build-registry")), name="build").start()
+    try:
+        skopeo("copy", "--dest-tls-verify=false", f"oci:{busybox_layout}:busybox",
+               f"docker://{reg.host}/library/busybox:latest")
+        yield reg
+    finally:
+        reg.stop()
+
+
+@pytest.fixture(scope="session")
+def debian_in_registry(registry, debian_layout):
+    skopeo("copy", "--dest-tls-verify=false", f"oci:{debian_layout}:bookworm",
+           f"docker://{registry.host}/library/debian:bookworm")
+    return registry
+
+
+@dataclass
+class Built:
+    result: object
+    rootfs: str
+    config: dict
+    layout: str
+
+    def path(self, p: str) -> str:
+        return os.path.join(self.rootfs, p.lstrip("/"))
+
+    def read(self, p: str) -> bytes:
+        with open(self.path(p), "rb") as f:
+            return f.read()
+
+
+@pytest.fixture
+def run_build(tmp_path, registry):
+    """Build ``dockerfile`` with ``files`` as the context; returns the image unpacked and its config."""
+
+    calls = []
+
+    def run(dockerfile: str, files: dict | None = None, *, push: str | None = None, **kw) -> Built:
+        calls.append(1)
+        n = len(calls)
+        ctx = tmp_path / "ctx"
+        ctx.mkdir(exist_ok=True)
+        (ctx / "Dockerfile").write_text(dockerfile)
+        for name, data in (files or {}).items():
+            p = ctx / name
+            p.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(data, str):
+                data = data.encode()
+            p.write_bytes(data)
+        layout = str(tmp_path / f"out-oci-{n}")
+        reg = RegistryOptions(registry_maps=(("docker.io", registry.host),),
+                              insecure_registries=(registry.host,), skip_default_registry_fallback=True)
+        destinations = (parse_reference(push),) if push else ()
+        outputs = OutputOptions(destinations=destinations, no_push=push is None, oci_layout_path=layout)
+        opts = BuildOptions(context=str(ctx), outputs=outputs, registry=reg,
+                            cache_dir=str(tmp_path.parent / "snapfs-cache"), **kw)
+        result = build(opts)
+        image = read_layout(layout)
+        rootfs = str(tmp_path / f"rootfs-{n}")
+        os.makedirs(rootfs)
+        apply_layers([l.path for l in image.layers], rootfs)
+        return Built(result, rootfs, json.loads(image.config_bytes), layout)
+
+    return run
