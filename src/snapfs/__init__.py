@@ -17,6 +17,16 @@ from .layer import LayerBlob, write_layer  # noqa: E402
 from .snapshot import Snapshot, load, save, take  # noqa: E402
 
 
+def build(options=None, **kw):
+    """Build an image: ``snapfs.build(BuildOptions(...))`` or ``snapfs.build(context=..., ...)``.
+
+    Returns a ``BuildResult`` (digest, image, layers, per-step timings).
+    """
+    from .builder import BuildOptions, build as _build
+
+    return _build(options if options is not None else BuildOptions(**kw))
+
+
 def apply_layers(layers, root, **kw):
     """Extract layers in order onto ``root``; see ``snapfs.apply.apply_layers``."""
     from .apply import apply_layers as _apply
@@ -24,5 +34,5 @@ def apply_layers(layers, root, **kw):
     return _apply(layers, root, **kw)
 
 
-__all__ = ["Change", "Diff", "LayerBlob", "Snapshot", "SnapfsError", "apply_layers", "diff", "diff_trees",
+__all__ = ["Change", "Diff", "LayerBlob", "Snapshot", "SnapfsError", "apply_layers", "build", "diff", "diff_trees",
            "load", "save", "take", "write_layer"]

@@ -19,7 +19,7 @@ from imagekit import busybox_rootfs, dir_layer, image_of  # noqa: E402
 from registry_servers import RegistryProcess, need, skopeo  # noqa: E402
 
 from snapfs import apply_layers  # noqa: E402
-from snapfs.build import BuildOptions, build  # noqa: E402
+from snapfs.builder import BuildOptions, build  # noqa: E402
 from snapfs.layout import read_layout, write_layout  # noqa: E402
 from snapfs.outputs import OutputOptions  # noqa: E402
 from snapfs.reference import parse_reference  # noqa: E402
