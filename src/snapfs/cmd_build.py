@@ -117,7 +117,7 @@ def _secrets(values: list[str]) -> tuple[tuple[str, str], ...]:
 
 
 def options_from_args(args):
-    from .build import BuildOptions
+    from .builder import BuildOptions
     from .cmd_registry import registry_options
     from .outputs import OutputOptions
     from .reference import parse_reference
@@ -168,7 +168,7 @@ def setup_logging(verbosity: str, fmt: str, timestamps: bool) -> None:
 
 
 def cmd_build(args) -> int:
-    from .build import build
+    from .builder import build
 
     setup_logging(args.verbosity, args.log_format, args.log_timestamp)
     result = build(options_from_args(args))
