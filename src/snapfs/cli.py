@@ -13,7 +13,9 @@ from .errors import SnapfsError
 
 # Subcommand modules, in the order their commands appear in --help.
 COMMAND_MODULES = (
+    "snapfs.cmd_build",
     "snapfs.cmd_engine",
+    "snapfs.cmd_dockerfile",
     "snapfs.cmd_registry",
 )
 
@@ -40,6 +42,15 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "build":  # Kaniko's Go-style booleans (--no-push=true)
+            from .cmd_build import normalize_booleans
+
+            argv = argv[:1] + normalize_booleans(argv[1:])
+    except SnapfsError as exc:
+        print(f"snapfs: {exc.message}", file=sys.stderr)
+        return exc.exit_code
     parser = make_parser()
     args = parser.parse_args(argv)
     try:

@@ -14,19 +14,17 @@ from dataclasses import dataclass
 
 import pytest
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "registry"))
-from imagekit import busybox_rootfs, dir_layer, image_of  # noqa: E402
+from basekit import make_busybox_layout, make_debian_layout  # noqa: E402
 from registry_servers import RegistryProcess, need, skopeo  # noqa: E402
 
 from snapfs import apply_layers  # noqa: E402
 from snapfs.builder import BuildOptions, build  # noqa: E402
-from snapfs.layout import read_layout, write_layout  # noqa: E402
+from snapfs.layout import read_layout  # noqa: E402
 from snapfs.outputs import OutputOptions  # noqa: E402
 from snapfs.reference import parse_reference  # noqa: E402
 from snapfs.registry import RegistryOptions  # noqa: E402
-
-DEBIAN_CACHE = os.environ.get("SNAPFS_TEST_CACHE", "/var/tmp/snapfs-test-cache")
-
 
 @pytest.fixture(scope="session")
 def basedir(tmp_path_factory):
@@ -37,49 +35,14 @@ def basedir(tmp_path_factory):
 def busybox_layout(basedir):
     """busybox (Debian's busybox-static) with an ``app`` user, as an OCI layout."""
     need("busybox")
-    root = busybox_rootfs(os.path.join(basedir, "busybox-root"))
-    with open(os.path.join(root, "etc", "passwd"), "a") as f:
-        f.write("app:x:1000:1000:app:/home/app:/bin/sh\n")
-    with open(os.path.join(root, "etc", "group"), "a") as f:
-        f.write("app:x:1000:\nstaff:x:50:app\n")
-    os.makedirs(os.path.join(root, "home", "app"))
-    os.chown(os.path.join(root, "home", "app"), 1000, 1000)
-    layer = dir_layer(os.path.join(basedir, "busybox-blobs"), root)
-    layout = os.path.join(basedir, "busybox-oci")
-    write_layout(layout, image_of([layer], cmd=["sh"]), ref_name="busybox")
-    return layout
-
-
-def _debian_mirror() -> str:
-    for path in ("/etc/apt/sources.list.d/debian.sources",):
-        try:
-            for line in open(path):
-                if line.startswith("URIs:"):
-                    return line.split()[1]
-        except OSError:
-            pass
-    return "http://deb.debian.org/debian"
+    return make_busybox_layout(basedir)
 
 
 @pytest.fixture(scope="session")
 def debian_layout(basedir):
     """Debian bookworm minbase from the machine's own mirror, cached between runs as an OCI layout."""
     need("debootstrap")
-    layout = os.path.join(DEBIAN_CACHE, "debian-bookworm-oci")
-    if not os.path.exists(os.path.join(layout, "index.json")):
-        root = os.path.join(basedir, "debian-root")
-        r = subprocess.run(["debootstrap", "--variant=minbase", "bookworm", root, _debian_mirror()],
-                           capture_output=True, text=True)
-        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-        shutil.rmtree(os.path.join(root, "var/cache/apt/archives"), ignore_errors=True)
-        os.makedirs(os.path.join(root, "var/cache/apt/archives/partial"), exist_ok=True)
-        tmp = layout + ".tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        layer = dir_layer(os.path.join(basedir, "debian-blobs"), root)
-        write_layout(tmp, image_of([layer], cmd=["bash"]), ref_name="bookworm")
-        os.makedirs(DEBIAN_CACHE, exist_ok=True)
-        os.replace(tmp, layout)
-    return layout
+    return make_debian_layout(basedir)
 
 
 @pytest.fixture(scope="session")
