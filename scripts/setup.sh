@@ -14,6 +14,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# Azurite (Microsoft's Azure Storage emulator) for the build-context tests; npm only when it is missing.
+if ! command -v azurite-blob >/dev/null 2>&1; then
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "setup: apt-get install nodejs npm"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  fi
+  echo "setup: npm install -g azurite@3"
+  npm install -g --silent azurite@3 >/dev/null
+fi
+
 PY=${PYTHON:-python3}
 # Editable install compiles the Cython kernel in place (src/snapfs/_fast*.so).
 "$PY" -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v -E '^(WARNING: (Running pip as|Location))' || true
