@@ -463,3 +463,29 @@ def test_chown_without_cap_chown(tmp_path, root):
     assert (proc.returncode, proc.stdout.strip()) == (0, "ok 1"), proc.stderr
     st = os.lstat(root / "f")
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o4755)
+
+
+def test_cached_parent_is_forgotten_when_a_directory_is_replaced(tmp_path):
+    """The applier caches parent directory fds; a later entry replacing that directory must not write into
+    the detached old one (nor anywhere outside the root)."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for name, kind, data in (("a/", tarfile.DIRTYPE, b""), ("a/b/", tarfile.DIRTYPE, b""),
+                                 ("a/b/x", tarfile.REGTYPE, b"x"), ("a", tarfile.SYMTYPE, b""),
+                                 ("other/", tarfile.DIRTYPE, b""), ("a/b/y", tarfile.REGTYPE, b"y")):
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.size = kind, len(data)
+            if kind == tarfile.SYMTYPE:
+                ti.linkname = "other"
+            t.addfile(ti, io.BytesIO(data))
+    root = tmp_path / "root"
+    root.mkdir()
+    from snapfs.apply import apply_layer
+
+    apply_layer(io.BytesIO(buf.getvalue()), str(root))
+    assert os.readlink(root / "a") == "other"
+    assert (root / "other/b/y").read_bytes() == b"y"  # through the new symlink, inside the root
+    assert not (root / "other/b/x").exists()

@@ -123,7 +123,7 @@ def _open_root(root) -> Iterator[RootFS]:
         yield root
         return
     try:
-        rootfs = RootFS(root)
+        rootfs = RootFS(root, cache=True)
     except OSError as exc:
         raise InputError(f"{os.fspath(root)}: cannot open root directory: {exc.strerror or exc}") from None
     with rootfs:
@@ -332,7 +332,7 @@ class _Applier:
             return
         try:
             with self.root.at(path) as (dir_fd, name):
-                remove_at(dir_fd, name)
+                self._remove(dir_fd, name)
         except (FileNotFoundError, NotADirectoryError):
             pass  # deleting what is not there is not an error
 
@@ -355,7 +355,7 @@ class _Applier:
         for name in names:
             path = _join(prefix, name)
             if path not in self.written and path not in self.above_written:
-                remove_at(fd, name)
+                self._remove(fd, name)
                 continue
             try:
                 child = open_dir_at(fd, name)
@@ -378,7 +378,7 @@ class _Applier:
         with self.root.at(path, make_parents=True) as (dir_fd, name):
             st = lstat_at(dir_fd, name)
             if st is not None and not stat.S_ISDIR(st.st_mode):
-                remove_at(dir_fd, name, st)  # a symlink here is replaced, never followed
+                self._remove(dir_fd, name, st)  # a symlink here is replaced, never followed
                 st = None
             if st is None:
                 os.mkdir(name, 0o700, dir_fd=dir_fd)
@@ -391,7 +391,7 @@ class _Applier:
 
     def _regular(self, path: str, ti: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         with self.root.at(path, make_parents=True) as (dir_fd, name):
-            remove_at(dir_fd, name)
+            self._remove(dir_fd, name)
             fd = os.open(name, _NEW_FILE, 0o600, dir_fd=dir_fd)
             try:
                 _copy_data(tar.extractfile(ti), fd)
@@ -405,7 +405,7 @@ class _Applier:
         if not ti.linkname or "\x00" in ti.linkname:
             raise _Refused("symlink target is empty or contains a NUL byte")
         with self.root.at(path, make_parents=True) as (dir_fd, name):
-            remove_at(dir_fd, name)
+            self._remove(dir_fd, name)
             os.symlink(ti.linkname, name, dir_fd=dir_fd)
             self._chown_at(dir_fd, name, ti)
             ns = _mtime_ns(ti)
@@ -429,7 +429,7 @@ class _Applier:
                 dst = lstat_at(dir_fd, name)
                 if dst is not None and (dst.st_dev, dst.st_ino) == (src.st_dev, src.st_ino):
                     return  # already that inode (a link to itself, or repeated)
-                remove_at(dir_fd, name, dst)
+                self._remove(dir_fd, name, dst)
                 os.link(src_name, name, src_dir_fd=src_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
         finally:
             os.close(src_fd)
@@ -444,7 +444,7 @@ class _Applier:
             kind = stat.S_IFCHR if ti.ischr() else stat.S_IFBLK
             device = os.makedev(ti.devmajor, ti.devminor)
         with self.root.at(path, make_parents=True) as (dir_fd, name):
-            remove_at(dir_fd, name)
+            self._remove(dir_fd, name)
             try:
                 os.mknod(name, kind | 0o600, device, dir_fd=dir_fd)
             except PermissionError:
@@ -454,6 +454,16 @@ class _Applier:
             os.chmod(name, ti.mode & 0o7777, dir_fd=dir_fd, follow_symlinks=False)
             ns = _mtime_ns(ti)
             os.utime(name, ns=(ns, ns), dir_fd=dir_fd, follow_symlinks=False)
+
+    def _remove(self, dir_fd: int, name: str, st: os.stat_result | None = None) -> bool:
+        """remove_at, forgetting cached directory fds when a directory goes (it may be a cached parent)."""
+        st = st or lstat_at(dir_fd, name)
+        if st is None:
+            return False
+        remove_at(dir_fd, name, st)
+        if stat.S_ISDIR(st.st_mode):
+            self.root.invalidate()
+        return True
 
     # metadata: through fds we opened ourselves, or *at calls that never follow the final symlink
 

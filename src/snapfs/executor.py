@@ -69,7 +69,7 @@ def unpack_base(state: StageState, opts: StageOptions) -> None:
     """Apply the base layers onto the empty stage root and take the first snapshot."""
     os.makedirs(state.root, exist_ok=True)
     t = time.perf_counter()
-    with RootFS(state.root) as root:
+    with RootFS(state.root, cache=True) as root:
         for layer in state.base.layers:
             with open(layer.path, "rb") as f:
                 stats = apply_layer(f, root)

@@ -16,7 +16,7 @@ import errno
 import os
 import shutil
 import stat
-from collections import deque
+from collections import OrderedDict, deque
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -59,12 +59,24 @@ def open_dir_at(dir_fd: int, name: str) -> int:
 class RootFS:
     """An open root directory; resolves paths inside it. Use as a context manager or call ``close()``."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, cache: bool = False) -> None:
         self.path = os.fspath(path)
         # A readable fd (not O_PATH) so the root's own metadata can be changed through it.
         self.fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # Parent directories reached by plain directory steps (no symlink, no ".."), by components: a layer's
+        # entries come grouped by directory, so most lookups then cost one dup instead of one open per
+        # component. Whoever removes or replaces a directory must call invalidate().
+        self._cache: OrderedDict[tuple[str, ...], int] | None = OrderedDict() if cache else None
+
+    def invalidate(self) -> None:
+        """Forget cached directory fds (after anything that removed or replaced a directory)."""
+        if self._cache:
+            for fd in self._cache.values():
+                os.close(fd)
+            self._cache.clear()
 
     def close(self) -> None:
+        self.invalidate()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
@@ -82,7 +94,15 @@ class RootFS:
         intermediate directories (mode 0755, owned by root when running as root). A path that names the root
         itself gives (a dup of the root fd, ".").
         """
-        todo = deque(split_path(path))
+        parts = split_path(path)
+        cache = self._cache
+        plain = cache is not None and not follow and ".." not in parts and len(parts) > 1
+        if plain:
+            hit = cache.get(tuple(parts[:-1]))
+            if hit is not None:
+                cache.move_to_end(tuple(parts[:-1]))
+                return os.dup(hit), parts[-1]
+        todo = deque(parts)
         stack = [self.fd]  # fds of the directories walked so far; stack[0] is the root and is never closed
         names: list[str] = []
         expansions = 0
@@ -96,6 +116,8 @@ class RootFS:
                     continue
                 last = not todo
                 if last and not follow:
+                    if plain and not expansions:
+                        self._remember(tuple(parts[:-1]), stack[-1])
                     return self._take(stack, name)
                 kind, fd = _step(stack[-1], name, create=make_parents and not last)
                 if kind == "dir":
@@ -126,6 +148,11 @@ class RootFS:
             for fd in stack[1:]:
                 os.close(fd)
             raise
+
+    def _remember(self, key: tuple[str, ...], fd: int) -> None:
+        self._cache[key] = os.dup(fd)
+        if len(self._cache) > 64:
+            os.close(self._cache.popitem(last=False)[1])
 
     @staticmethod
     def _take(stack: list[int], name: str) -> tuple[int, str]:
