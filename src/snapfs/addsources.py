@@ -19,13 +19,11 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from .apply import apply_layer
-from .compress import detect
 from .copier import Source
 from .errors import BuildError
 from .rootfs import RootFS
 
 MAX_DOWNLOAD = 16 << 30
-_TAR_MAGIC_OFFSET = 257
 
 
 @dataclass(frozen=True)
@@ -51,16 +49,24 @@ def is_git(src: str) -> bool:
 
 
 def is_archive(path: str) -> bool:
-    """A tar archive, compressed or not, judged by its bytes (as Docker does, never by its name)."""
+    """A tar archive, compressed or not, judged by its bytes as Docker does: the (decompressed) start must be
+    a valid tar header. A gzip of a plain file is not an archive and is copied as it is."""
+    import tarfile
+
+    from .compress import open_decompressed
+
     try:
         with open(path, "rb") as f:
-            head = f.read(_TAR_MAGIC_OFFSET + 8)
-    except OSError:
+            head = open_decompressed(f, max_bytes=1 << 20, what=path).read(512)
+    except Exception:  # noqa: BLE001 - unreadable or corrupt compressed data: not an archive
         return False
-    kind = detect(head)
-    if kind != "none":
-        return True
-    return head[_TAR_MAGIC_OFFSET:_TAR_MAGIC_OFFSET + 5] == b"ustar"
+    if len(head) < 512:
+        return False
+    try:
+        tarfile.TarInfo.frombuf(head, "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        return False
+    return True
 
 
 def download(url: str, staging: str, *, checksum: str | None, name: str | None = None) -> str:

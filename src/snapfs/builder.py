@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
-from . import executor, imageconfig, instructions as ins
+from . import executor, imageconfig, instructions as ins, stageroot
 from .blobcache import BlobStore
 from .copier import Source
 from .dockerignore import load_dockerignore
@@ -101,6 +101,7 @@ def build(options: BuildOptions) -> BuildResult:
             image, layers, timings, mount_from = builder.run()
         finally:
             builder.close_client()
+            builder.release()
         with builder.client_for_push() as client:
             digest = write_outputs(image, options.outputs, client=client, mount_from=mount_from)
         seconds = time.perf_counter() - t0
@@ -175,6 +176,9 @@ class _Builder:
         os.makedirs(self.layer_dir, exist_ok=True)
         self._client: RegistryClient | None = None
         self.stages: dict[int, _Stage] = {}
+        self.roots: dict[int, stageroot.StageRoot] = {}
+        self.scopes: dict = {}  # each built stage's final scope: a child stage inherits its ARGs
+        self.overlay = options.isolation != "none" and stageroot.overlay_available(scratch)
         self.images: dict[str, tuple[Image, str]] = {}  # COPY --from images, unpacked
         created, epoch = _created(options)
         ignore = list(options.ignore_paths)
@@ -239,17 +243,20 @@ class _Builder:
         self._announce(f"FROM {stage.base}" + (f" AS {stage.name}" if stage.name else ""))
         base, ref = self._base(stage)
         base = convert(base, oci=self.o.image_format == "oci")
-        root = os.path.join(self.scratch, f"stage-{index}")
+        sroot = self._stage_root(index, stage, base)
         cfg = imageconfig.start_stage(base.config(), platform=self._platform(stage))
-        state = StageState(root=root, base=base, config=cfg)
-        # FROM an earlier stage unpacks that stage's layers like any base: its own root stays as it was for
-        # COPY --from.
-        executor.unpack_base(state, self.stage_opts)
+        state = StageState(root=sroot.path, base=base, config=cfg)
+        state.snapshot = executor.take(sroot.path, ignore=self.stage_opts.ignore_paths, quiescent=True)
         result = _Stage(index, state, ref=ref)
         self.stages[index] = result
-        scope = stage_scope(self.plan, index, base_env=tuple(cfg.env()))
-        todo = list(onbuild_instructions(base.config().get("config", {}).get("OnBuild") or [],
-                                         escape=self.plan.escape)) + list(stage.instructions)
+        if stage.base.lower() == "scratch" and stage.base_stage is None:
+            cfg.inner.setdefault("WorkingDir", "/")  # as BuildKit's empty image
+        parent = self.scopes.get(stage.base_stage) if stage.base_stage is not None else None
+        scope = stage_scope(self.plan, index, base_env=tuple(cfg.env()),
+                            base_args=tuple(parent.args.items()) if parent is not None else ())
+        # A base image's ONBUILD triggers run first; a stage used as a base has its triggers dropped (BuildKit).
+        triggers = base.config().get("config", {}).get("OnBuild") or [] if stage.base_stage is None else []
+        todo = list(onbuild_instructions(triggers, escape=self.plan.escape)) + list(stage.instructions)
         cfg.inner["OnBuild"] = None  # triggers run once, in the first child
         from .runstep import StepRunner  # the RUN machinery (sandbox) only when a stage has steps
 
@@ -259,7 +266,7 @@ class _Builder:
             self._announce(_describe(instruction))
             t = time.perf_counter()
             try:
-                timing = runner.step(instruction, scope, index=self.step_no)
+                timing = runner.step(instruction, scope, scope_after, index=self.step_no)
             except SnapfsError as exc:
                 node = instruction.node
                 raise BuildError(f"step {self.step_no}/{self.total} ({node.keyword} at {self.plan.file}:"
@@ -268,11 +275,33 @@ class _Builder:
             _step_done(timing, time.perf_counter() - t)
             scope = scope_after
         executor.finish_stage(state, self.stage_opts, index=self.step_no)
+        sroot.freeze()
+        self.scopes[index] = scope
         diff_ids = [l.diff_id for l in base.layers] + [l.diff_id for l in state.layers]
         config = imageconfig.finish(cfg, diff_ids=diff_ids, created=self.stage_opts.created)
         media = OCI_MANIFEST if self.o.image_format == "oci" else DOCKER_MANIFEST
         result.image = Image(canonical_json(config), tuple(base.layers) + tuple(state.layers), media)
         return result
+
+    def _stage_root(self, index: int, stage, base: Image) -> stageroot.StageRoot:
+        """Overlay over the cached base (or over the parent stage) when mounts work; else unpack."""
+        name = f"stage-{index}"
+        if self.overlay:
+            if stage.base_stage is not None:
+                lowers = self.roots[stage.base_stage].child_lowers()
+            else:
+                lowers = [stageroot.cached_base(base, self.cache_dir)] if base.layers else []
+            root = stageroot.overlay_stage(self.scratch, name, lowers)
+        else:
+            root = stageroot.plain_stage(self.scratch, name, base.layers)
+        self.roots[index] = root
+        return root
+
+    def release(self) -> None:
+        """Unmount every stage root (before the scratch directory is removed)."""
+        for root in reversed(list(self.roots.values())):
+            root.release()
+        self.roots.clear()
 
     def _announce(self, text: str) -> None:
         self.step_no += 1

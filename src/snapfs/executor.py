@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, field
 
 from . import imageconfig, instructions as ins
-from .apply import apply_layer
 from .changes import diff
 from .copier import Source, copy, write_inline
 from .errors import BuildError, NotSupportedError, SnapfsError
@@ -65,21 +64,6 @@ class StageOptions:
     docker_media_types: bool = False
 
 
-def unpack_base(state: StageState, opts: StageOptions) -> None:
-    """Apply the base layers onto the empty stage root and take the first snapshot."""
-    os.makedirs(state.root, exist_ok=True)
-    t = time.perf_counter()
-    with RootFS(state.root, cache=True) as root:
-        for layer in state.base.layers:
-            with open(layer.path, "rb") as f:
-                stats = apply_layer(f, root)
-            if stats.diff_id != layer.diff_id:
-                raise BuildError(f"base layer {layer.digest}: uncompressed content does not match its diff_id")
-    state.snapshot = take(state.root, ignore=opts.ignore_paths, quiescent=True)
-    log.debug("unpacked %d base layers, %d entries in %.2fs", len(state.base.layers), len(state.snapshot),
-              time.perf_counter() - t)
-
-
 def commit(state: StageState, opts: StageOptions, *, index: int, created_by: str, run_time: float = 0.0,
            extra_ignore: tuple[str, ...] = ()) -> StepTiming:
     """Snapshot after a step that may have changed files; write its layer (or note an empty one)."""
@@ -127,16 +111,20 @@ def _snapshot_layer(state: StageState, opts: StageOptions, *, index: int, create
                       empty=False)
 
 
-def metadata_step(state: StageState, opts: StageOptions, instruction, *, index: int, created_by: str) -> StepTiming:
+def metadata_step(state: StageState, opts: StageOptions, instruction, *, index: int, describe) -> StepTiming:
+    """A config-only instruction: ``describe(config)`` gives its history text once applied (None: no entry)."""
     imageconfig.apply_instruction(state.config, instruction)
-    state.config.history.append(imageconfig.history_entry(created_by, created=opts.created, empty_layer=True))
-    return StepTiming(index, created_by)
+    created_by = describe(state.config.config)
+    if created_by is not None:
+        state.config.history.append(imageconfig.history_entry(created_by, created=opts.created, empty_layer=True))
+    return StepTiming(index, created_by or instruction.node.keyword)
 
 
 def workdir_step(state: StageState, opts: StageOptions, instruction: ins.Workdir, *, index: int,
-                 created_by: str, owner: tuple[int, int]) -> StepTiming:
+                 describe, owner: tuple[int, int]) -> StepTiming:
     """WORKDIR sets the config and creates the directory (owned by the current USER), as BuildKit does."""
     imageconfig.apply_instruction(state.config, instruction)
+    created_by = describe(state.config.config)
     path = state.config.workdir()
     with RootFS(state.root) as root:
         st = root.lstat(path)

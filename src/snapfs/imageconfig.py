@@ -66,10 +66,11 @@ def start_stage(base_config: dict, *, platform: tuple[str, str, str]) -> StageCo
 
 
 def set_env(stage: StageConfig, pairs) -> None:
-    env = stage.env()
+    """A key already set keeps its place in Env (as Docker does); new keys go at the end."""
+    env = dict(stage.env())  # dicts keep insertion order, and updating a key keeps its position
     for key, value in pairs:
-        env = [(k, v) for k, v in env if k != key] + [(key, value)]
-    stage.inner["Env"] = [f"{k}={v}" for k, v in env]
+        env[key] = value
+    stage.inner["Env"] = [f"{k}={v}" for k, v in env.items()]
 
 
 def resolve_workdir(current: str, path: str) -> str:

@@ -15,7 +15,7 @@ import hashlib
 import os
 import posixpath
 
-from . import executor, instructions as ins
+from . import executor, history, instructions as ins
 from .copier import Source
 from .errors import BuildError, NotSupportedError, UsageError
 from .executor import StageState, StepTiming
@@ -35,25 +35,28 @@ class StepRunner:
     def opts(self):
         return self.b.stage_opts
 
-    def step(self, i, scope, *, index: int) -> StepTiming:
+    def step(self, i, scope, scope_after, *, index: int) -> StepTiming:
         if isinstance(i, ins.Run):
             return self.run(i, scope, index=index)
         if isinstance(i, (ins.Copy, ins.Add)):
             return self.copy(i, index=index)
+        describe = lambda config: history.metadata(i, config=config, arg_values=dict(scope_after.lookup()))  # noqa
         if isinstance(i, ins.Workdir):
             owner = self._owner(self.state.config.user()) if self.state.config.user() else (0, 0)
-            return executor.workdir_step(self.state, self.opts, i, index=index, created_by=_original(i),
-                                         owner=owner)
+            return executor.workdir_step(self.state, self.opts, i, index=index, describe=describe, owner=owner)
         if isinstance(i, ins.From):
             raise BuildError("FROM inside a stage")  # the planner splits stages; never reached
-        return executor.metadata_step(self.state, self.opts, i, index=index, created_by=_original(i))
+        return executor.metadata_step(self.state, self.opts, i, index=index, describe=describe)
 
     # -- COPY / ADD ----------------------------------------------------------------------------------------
 
     def copy(self, i, *, index: int) -> StepTiming:
-        what = "COPY" if isinstance(i, ins.Copy) else "ADD"
+        if isinstance(i, ins.Copy):
+            for src in i.sources:
+                if "://" in src:
+                    raise BuildError(f"source can't be a URL for COPY: {src} (use ADD)")
         owner = self._chown(i.chown) if i.chown else None
-        created_by = f"{what} {' '.join([*(f'<<{f.name}' for f in i.inline), *i.sources, i.dest])} # buildkit"
+        created_by = history.copy(i)
         if isinstance(i, ins.Add):
             staged = self._stage_add(i, index)
             return executor.copy_step(self.state, self.opts, i, index=index, created_by=created_by,
@@ -113,20 +116,15 @@ class StepRunner:
         return Source(self._image_root(from_), False, label=f"image {from_}")
 
     def _image_root(self, ref: str) -> str:
-        """COPY --from=<image>: the image unpacked once per build."""
+        """COPY --from=<image>: the image's flattened root from the cache (unpacked once, read only)."""
         if ref in self.b.images:
             return self.b.images[ref][1]
         from .outputs import load_image
-        from .apply import apply_layer
+        from .stageroot import cached_base
 
         image, _ = load_image(ref, store=self.b.store, client=None if ref.startswith(("oci:", "docker-archive:"))
                               else self.b.client())
-        root = os.path.join(self.b.scratch, f"image-{hashlib.sha256(ref.encode()).hexdigest()[:16]}")
-        os.makedirs(root)
-        with RootFS(root) as r:
-            for layer in image.layers:
-                with open(layer.path, "rb") as f:
-                    apply_layer(f, r)
+        root = cached_base(image, self.b.cache_dir)
         self.b.images[ref] = (image, root)
         return root
 
@@ -170,7 +168,9 @@ class StepRunner:
         if result.exit_code != 0:
             raise BuildError(f"RUN {_short(argv)} returned a non-zero code: {result.exit_code}",
                              exit_code=result.exit_code if 0 < result.exit_code < 256 else 1)
-        return executor.commit(self.state, self.opts, index=index, created_by=f"RUN {_short(argv, 0)} # buildkit",
+        lookup = scope.lookup()
+        args = [(k, lookup.get(k, v)) for k, v in scope.args.items()]
+        return executor.commit(self.state, self.opts, index=index, created_by=history.run(argv, args),
                                run_time=result.seconds, extra_ignore=tuple(p.strip("/") for p in result.created))
 
     def _argv(self, i: ins.Run) -> tuple[list[str], str | None]:
@@ -190,6 +190,9 @@ class StepRunner:
         text = i.node.original.split("\n", 1)
         script = text[1] if len(text) > 1 else ""
         return shell + [cmd + "\n" + script], None
+
+    def _filtered_context(self) -> str:
+        return _filtered_context_dir(self.b)
 
     def _mount(self, spec: str, scope, env: dict, stack: contextlib.ExitStack):
         """The sandbox mount for one ``--mount`` value, its host side prepared (None: nothing to mount)."""
@@ -229,7 +232,7 @@ class StepRunner:
             fcntl.flock(lock, fcntl.LOCK_EX if m.sharing in ("", "locked") else fcntl.LOCK_SH)
             return sandbox.Mount(kind="cache", target=target, source=path, readonly=False)
         # bind: from the context (default), a stage or an image; never outside that root
-        root = self._source(m.from_).root if m.from_ else self.b.context.root
+        root = self._source(m.from_).root if m.from_ else self._filtered_context()
         with RootFS(root) as r:
             if r.lstat(m.source.lstrip("/") or ".") is None and m.source.strip("/"):
                 raise BuildError(f"RUN --mount source {m.source!r} not found")
@@ -240,14 +243,26 @@ class StepRunner:
         return sandbox.Mount(kind="bind", target=target, source=host, readonly=m.readonly)
 
 
+def _filtered_context_dir(builder) -> str:
+    """The context as a RUN bind mount sees it: without what .dockerignore excludes (copied once per build)."""
+    from .copier import copy
+
+    ctx = builder.context
+    if ctx.ignore is None:
+        return ctx.root
+    if getattr(builder, "_filtered", None) is None:
+        target = os.path.join(builder.scratch, "context-filtered")
+        os.makedirs(target)
+        with RootFS(target) as root:
+            copy(root, Source(ctx.root, False, ctx.ignore, ctx.label), ["."], "/", what="RUN --mount")
+        builder._filtered = target
+    return builder._filtered
+
+
 def _expand(text: str, env: dict) -> str:
     from .shellwords import Lexer
 
     return Lexer().word(text, env)
-
-
-def _original(i) -> str:
-    return i.node.original.split("\n", 1)[0]
 
 
 def _short(argv, limit: int = 120) -> str:

@@ -251,6 +251,7 @@ def plan_build(source: Dockerfile | str | bytes, *, build_args: Mapping[str, str
         drafts.append((index, frm, base, plat, base_stage, tuple(group[1:])))
 
     stages = []
+    later: list = []  # --from references to a stage defined later: refused once cycles are ruled out
     declared: set[str] = {k for k, _ in meta}
     for index, frm, base, plat, base_stage, body in drafts:
         deps = [base_stage] if base_stage is not None else []
@@ -261,6 +262,8 @@ def plan_build(source: Dockerfile | str | bytes, *, build_args: Mapping[str, str
             ref = _stage_ref(ins, scope, lexer, df.file)
             for r in ref:
                 dep = _resolve_ref(r, names, len(drafts), ins, df.file)
+                if dep is not None and dep >= index:
+                    later.append((index, ins, r))
                 if dep is not None:
                     deps.append(dep)
             if isinstance(ins, (Arg, Env)):
@@ -275,6 +278,10 @@ def plan_build(source: Dockerfile | str | bytes, *, build_args: Mapping[str, str
     else:
         target_index = len(stages) - 1
     needed = _build_order(stages, target_index, df.file)
+    for index, ins, ref in later:
+        if index in needed:  # as BuildKit: checked when the stage is dispatched, after the cycle check
+            raise _at(ins, df.file, f'cannot copy from stage "{ref}", it needs to be defined before current '
+                                    f'stage "{stages[index].display_name}"')
     unused = tuple(sorted(k for k in build_args if k not in declared and k not in PROXY_ARGS
                           and k not in PLATFORM_ARGS and not k.startswith("BUILDKIT_")))
     return Plan(df.file, df.escape, tuple(stages), tuple(meta), tuple(build_args.items()), target_index, needed,
@@ -301,6 +308,9 @@ def _word(text: str, env: Mapping[str, str], lexer: Lexer, ins: Instruction, fil
 def _stage_ref(ins: Instruction, scope: Scope, lexer: Lexer, file: str) -> list[str]:
     refs = []
     if isinstance(ins, Copy) and ins.from_:
+        if "$" in ins.from_:  # BuildKit resolves --from before any expansion
+            raise _at(ins, file, "variable expansion is not supported for --from, define a new stage with FROM "
+                                 "using ARG from global scope as a workaround")
         refs.append(_word(ins.from_, scope.lookup(), lexer, ins, file))
     elif isinstance(ins, Run):
         refs.extend(m.from_ for m in ins.mounts if m.from_)
@@ -355,10 +365,16 @@ def _build_order(stages: Sequence[Stage], target: int, file: str) -> tuple[int, 
 
 
 # -- expansion ----------------------------------------------------------------------------------------------------
-def stage_scope(plan: Plan, index: int, *, base_env: Sequence[tuple[str, str]] = ()) -> Scope:
-    """The scope at the start of stage ``index`` whose base image (or base stage) has config Env ``base_env``."""
-    return _checked(Scope(env=dict(base_env), build_args=plan.build_args,
-                          global_args=tuple(plan.global_args().items())))
+def stage_scope(plan: Plan, index: int, *, base_env: Sequence[tuple[str, str]] = (),
+                base_args: Sequence[tuple[str, str]] = ()) -> Scope:
+    """The scope at the start of stage ``index`` whose base image (or base stage) has config Env ``base_env``.
+
+    A stage built FROM another stage also starts with that stage's ARG values (``base_args``), as in BuildKit.
+    """
+    env, args = dict(base_env), dict(base_args)
+    size = sum(len(k) + len(v) for k, v in env.items()) + sum(len(k) + len(v) for k, v in args.items())
+    return _checked(Scope(env=env, args=args, build_args=plan.build_args,
+                          global_args=tuple(plan.global_args().items()), size=size))
 
 
 def expand_instruction(ins: Instruction, scope: Scope, *, escape: str = "\\",
@@ -482,10 +498,10 @@ class Step:
         return self.scope.run_env()
 
 
-def expand_stage(plan: Plan, index: int, *, base_env: Sequence[tuple[str, str]] = ()) -> tuple[tuple[Step, ...],
-                                                                                               Scope]:
+def expand_stage(plan: Plan, index: int, *, base_env: Sequence[tuple[str, str]] = (),
+                 base_args: Sequence[tuple[str, str]] = ()) -> tuple[tuple[Step, ...], Scope]:
     """Every instruction of a stage expanded in order, and the final scope (its ``env`` is the image Env)."""
-    scope = stage_scope(plan, index, base_env=base_env)
+    scope = stage_scope(plan, index, base_env=base_env, base_args=base_args)
     steps = []
     for ins in plan.stages[index].instructions:
         expanded, scope_after = expand_instruction(ins, scope, escape=plan.escape, file=plan.file)
@@ -498,12 +514,14 @@ def expand_plan(plan: Plan) -> dict[int, tuple[Step, ...]]:
     """Expand the needed stages with empty base-image Env (what ``snapfs parse`` shows); a stage built FROM
     another stage inherits that stage's Env, as in Docker."""
     out: dict[int, tuple[Step, ...]] = {}
-    final_env: dict[int, Sequence[tuple[str, str]]] = {}
+    final: dict[int, Scope] = {}
     for index in plan.needed:
         base = plan.stages[index].base_stage
-        steps, scope = expand_stage(plan, index, base_env=final_env.get(base, ()) if base is not None else ())
+        parent = final.get(base) if base is not None else None
+        steps, scope = expand_stage(plan, index, base_env=tuple(parent.env.items()) if parent else (),
+                                    base_args=tuple(parent.args.items()) if parent else ())
         out[index] = steps
-        final_env[index] = tuple(scope.env.items())
+        final[index] = scope
     return out
 
 

@@ -29,7 +29,7 @@ def test_copy_file_dir_and_metadata(run_build):
     assert owner(b, "/srv/a.txt") == (0, 0) and mode(b, "/srv/a.txt") == 0o644
     assert os.path.isdir(b.path("/home/app/work")) and owner(b, "/home/app/work") == (1000, 1000)
     c = b.config["config"]
-    assert "GREETING=hi" in c["Env"] and c["Env"][-1].startswith("PATH=/opt:/usr/sbin")
+    assert c["Env"] == ["PATH=/opt:/usr/sbin:/usr/bin:/sbin:/bin", "GREETING=hi"]  # a reset key keeps its place
     assert c["Labels"] == {"org.example": "1"}
     assert c["ExposedPorts"] == {"80/tcp": {}, "53/udp": {}} and c["Volumes"] == {"/data": {}}
     assert c["User"] == "app" and c["WorkingDir"] == "/home/app/work"

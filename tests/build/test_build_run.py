@@ -31,7 +31,8 @@ def test_shell_exec_and_env(run_build):
     env = b.config["config"]["Env"]
     assert "KEEP=kept" in env and not any(e.startswith("BUILDONLY") for e in env)  # ARGs never persist
     hist = [h["created_by"] for h in b.config["history"]]
-    assert "RUN /bin/sh -c echo \"$KEEP $BUILDONLY $HOME\" > /shell.txt # buildkit" in hist
+    # BuildKit's format: the stage's ARG values lead the RUN entry (which is why secrets must not be ARGs)
+    assert "RUN |1 BUILDONLY=secret-arg /bin/sh -c echo \"$KEEP $BUILDONLY $HOME\" > /shell.txt # buildkit" in hist
 
 
 def test_run_does_not_see_the_builders_environment(run_build, monkeypatch):

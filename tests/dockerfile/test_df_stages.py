@@ -43,11 +43,19 @@ def test_stage_lookup_by_name_or_index_case_insensitive():
     assert plan.stages[1].base_stage == 0 and plan.stages[1].deps == (0,)
 
 
-def test_copy_from_expands_with_stage_args():
-    plan = plan_build("FROM alpine AS v2\nFROM alpine\nARG S=v2\nCOPY --from=$S /a /b\n", **AMD64)
-    assert plan.stages[1].deps == (0,) and plan.needed == (0, 1)
-    steps, _ = expand_stage(plan, 1)
-    assert isinstance(steps[1].instruction, Copy) and steps[1].instruction.from_ == "v2"
+def test_copy_from_refuses_variables_as_buildkit_does():
+    with pytest.raises(DockerfileError) as info:
+        plan_build("FROM alpine AS v2\nFROM alpine\nARG S=v2\nCOPY --from=$S /a /b\n", **AMD64)
+    assert info.value.message == ("Dockerfile:4:1: variable expansion is not supported for --from, define a new "
+                                  "stage with FROM using ARG from global scope as a workaround")
+
+
+def test_copy_from_a_later_stage_is_refused():
+    with pytest.raises(DockerfileError) as info:
+        plan_build("FROM alpine AS first\nCOPY --from=second /a /b\nFROM alpine AS second\n", target="first",
+                   **AMD64)
+    assert info.value.message == ('Dockerfile:2:1: cannot copy from stage "second", it needs to be defined before '
+                                  'current stage "first"')
 
 
 def test_cycles_through_mounts_are_found():
