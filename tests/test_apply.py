@@ -489,3 +489,33 @@ def test_cached_parent_is_forgotten_when_a_directory_is_replaced(tmp_path):
     assert os.readlink(root / "a") == "other"
     assert (root / "other/b/y").read_bytes() == b"y"  # through the new symlink, inside the root
     assert not (root / "other/b/x").exists()
+
+
+def test_kept_paths_are_never_touched(tmp_path):
+    """Unpacking over a container's own root: mount points and the builder's own directory stay as they are."""
+    import io
+    import tarfile
+
+    root = tmp_path / "root"
+    (root / "var/run/secrets").mkdir(parents=True)
+    (root / "var/run/secrets/token").write_text("sa-token")
+    (root / "snapfs").mkdir()
+    (root / "snapfs/tool").write_text("builder")
+    (root / "var/old").write_text("lower")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        entries = [("var/run", tarfile.SYMTYPE, b"", "/run"),  # would replace the dir holding the mount
+                   ("var/.wh..wh..opq", tarfile.REGTYPE, b"", ""),  # opaque /var: spares var/run
+                   ("snapfs/tool", tarfile.REGTYPE, b"evil", ""), (".wh.snapfs", tarfile.REGTYPE, b"", ""),
+                   ("etc/os-release", tarfile.REGTYPE, b"debian", "")]
+        for name, kind, data, link in entries:
+            ti = tarfile.TarInfo(name)
+            ti.type, ti.size, ti.linkname = kind, len(data), link
+            t.addfile(ti, io.BytesIO(data))
+    from snapfs.apply import apply_layer
+
+    apply_layer(io.BytesIO(buf.getvalue()), str(root), keep=("var/run/secrets", "snapfs"))
+    assert (root / "var/run/secrets/token").read_text() == "sa-token" and (root / "var/run").is_dir()
+    assert (root / "snapfs/tool").read_text() == "builder"
+    assert not (root / "var/old").exists()  # the opaque marker still hid the rest of /var
+    assert (root / "etc/os-release").read_text() == "debian"

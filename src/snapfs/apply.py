@@ -69,19 +69,22 @@ class _Refused(Exception):
 
 def apply_layer(layer: str | os.PathLike | BinaryIO, root: str | os.PathLike | RootFS, *,
                 max_bytes: int | None = DEFAULT_MAX_BYTES, same_owner: bool | None = None,
-                on_entry: OnEntry | None = None) -> ApplyStats:
+                on_entry: OnEntry | None = None, keep: tuple[str, ...] = ()) -> ApplyStats:
     """Extract one layer (a path or a binary file object; gzip, zstd, bzip2, xz or plain) onto ``root``.
 
     ``same_owner`` (default: running as root) applies the headers' numeric uid/gid (names are ignored).
     ``on_entry(path, tarinfo)`` is called after each entry is applied, whiteouts included, with the normalized
     path relative to the root ("" for the root); skipped entries (aufs metadata, unknown types) are not reported.
-    ``max_bytes`` caps the uncompressed size (None: no cap).
+    ``max_bytes`` caps the uncompressed size (None: no cap). ``keep`` lists paths (relative to the root) the
+    layer must leave alone, as when unpacking over a container's own root: entries at or below them are
+    skipped, whiteouts and opaque directories spare them, and a non-directory never replaces a directory that
+    holds one of them.
     """
     if same_owner is None:
         same_owner = os.geteuid() == 0
     with _open_layer(layer) as (fileobj, what), _open_root(root) as rootfs:
         source = _HashingSource(open_decompressed(fileobj, max_bytes=max_bytes, what=what), what)
-        applier = _Applier(rootfs, what=what, same_owner=same_owner, on_entry=on_entry)
+        applier = _Applier(rootfs, what=what, same_owner=same_owner, on_entry=on_entry, keep=keep)
         tar = _open_tar(source, what)
         if tar is not None:
             for tarinfo in _members(tar, what):
@@ -239,12 +242,18 @@ def _join(parent: str, name: str) -> str:
 class _Applier:
     """Applies the entries of one layer; remembers what this layer wrote so whiteouts spare it."""
 
-    def __init__(self, root: RootFS, *, what: str, same_owner: bool, on_entry: OnEntry | None) -> None:
+    def __init__(self, root: RootFS, *, what: str, same_owner: bool, on_entry: OnEntry | None,
+                 keep: tuple[str, ...] = ()) -> None:
         self.root, self.what, self.same_owner, self.on_entry = root, what, same_owner, on_entry
         self.written: set[str] = set()
         self.above_written: set[str] = set()  # strict ancestors of written paths
         self.dir_mtimes: dict[str, int] = {}
         self.entries = self.whiteouts = 0
+        # Kept paths count as written by this layer, so whiteouts and opaque directories spare them.
+        self.keep = frozenset(p.strip("/") for p in keep if p.strip("/"))
+        for k in self.keep:
+            self._mark_written(k)
+        self.keep_above = frozenset(self.above_written)
 
     def apply(self, ti: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         try:
@@ -269,6 +278,8 @@ class _Applier:
             return False
         if any(p.startswith(WHITEOUT_PREFIX) for p in parts[:-1]):
             raise _Refused("a whiteout name cannot be a directory")
+        if self.keep and self._kept(path, ti):
+            return False
         if parts[-1].startswith(WHITEOUT_PREFIX):
             self._whiteout(path.rpartition("/")[0], parts[-1])
             self.whiteouts += 1
@@ -291,6 +302,19 @@ class _Applier:
         self._mark_written(path)
         self.entries += 1
         return True
+
+    def _kept(self, path: str, ti: tarfile.TarInfo) -> bool:
+        """Whether the entry must be skipped because it would touch a kept path."""
+        probe = path
+        while probe:
+            if probe in self.keep:
+                return True
+            probe = probe.rpartition("/")[0]
+        if path in self.keep_above and not ti.isdir():
+            log.warning("%s: %s: skipped: it would replace a directory holding %s", self.what, path,
+                        ", ".join(sorted(k for k in self.keep if k.startswith(path + "/"))))
+            return True
+        return False
 
     def finish(self) -> None:
         """Directory mtimes last: creating their children changed them."""
@@ -354,6 +378,8 @@ class _Applier:
             names = [entry.name for entry in it]
         for name in names:
             path = _join(prefix, name)
+            if path in self.keep:
+                continue  # a kept path is not the layer's to hide, nor anything below it
             if path not in self.written and path not in self.above_written:
                 self._remove(fd, name)
                 continue

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
-from . import executor, imageconfig, instructions as ins, stageroot
+from . import executor, imageconfig, incontainer, instructions as ins, stageroot
 from .blobcache import BlobStore
 from .copier import Source
 from .dockerignore import load_dockerignore
@@ -58,7 +58,10 @@ class BuildOptions:
     ignore_var_run: bool = True
     secrets: tuple[tuple[str, str], ...] = ()
     benchmark_file: str | None = None
-    isolation: str = "auto"  # auto | namespaces | none (in-container mode)
+    isolation: str = "auto"  # auto | namespaces | none: how RUN steps are isolated
+    in_place: bool | None = None  # build over "/" like Kaniko (None: when running from the executor image)
+    snapfs_dir: str = ""  # in-place mode: the builder's own directory, never snapshotted or cleaned
+    cleanup: bool = False  # in-place mode: clean the root once the build is done
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,15 @@ def build(options: BuildOptions) -> BuildResult:
     """Build the image ``options`` describe and write its outputs; raises SnapfsError on any failure."""
     t0 = time.perf_counter()
     _check(options)
+    snapfs_dir = options.snapfs_dir or os.environ.get("SNAPFS_DIR") or incontainer.DEFAULT_SNAPFS_DIR
+    in_place = options.in_place if options.in_place is not None else incontainer.build_in_place(snapfs_dir)
+    credentials = None
+    if in_place:
+        # Before anything else runs: the registry credentials leave the filesystem for this process's memory.
+        credentials = incontainer.CredentialVault.seal(snapfs_dir=snapfs_dir).credentials
+        os.makedirs(os.path.join(snapfs_dir, "tmp"), exist_ok=True)
+        options = replace(options, work_dir=options.work_dir or os.path.join(snapfs_dir, "tmp"),
+                          cache_dir=options.cache_dir or os.path.join(snapfs_dir, "cache"))
     scratch = tempfile.mkdtemp(prefix="snapfs-build-", dir=options.work_dir or None)
     ctx = None
     try:
@@ -96,7 +108,8 @@ def build(options: BuildOptions) -> BuildResult:
         for name in plan.unused_build_args:
             log.warning("build argument %s was not consumed by any stage", name)
         ignore = load_dockerignore(ctx_root, dockerfile=dockerfile)
-        builder = _Builder(options, plan, scratch, Source(ctx_root, True, ignore if ignore.patterns else None))
+        builder = _Builder(options, plan, scratch, Source(ctx_root, True, ignore if ignore.patterns else None),
+                           in_place=snapfs_dir if in_place else None, credentials=credentials)
         try:
             image, layers, timings, mount_from = builder.run()
         finally:
@@ -104,6 +117,8 @@ def build(options: BuildOptions) -> BuildResult:
             builder.release()
         with builder.client_for_push() as client:
             digest = write_outputs(image, options.outputs, client=client, mount_from=mount_from)
+        if in_place and options.cleanup:
+            incontainer.clean_root("/", builder.keep)
         seconds = time.perf_counter() - t0
         result = BuildResult(digest, image, tuple(layers), tuple(timings), seconds)
         _summary(result)
@@ -168,8 +183,10 @@ def _created(o: BuildOptions) -> tuple[str, int | None]:
 
 
 class _Builder:
-    def __init__(self, options: BuildOptions, plan: Plan, scratch: str, context: Source) -> None:
+    def __init__(self, options: BuildOptions, plan: Plan, scratch: str, context: Source, *,
+                 in_place: str | None = None, credentials=None) -> None:
         self.o, self.plan, self.scratch, self.context = options, plan, scratch, context
+        self.in_place, self.credentials = in_place, credentials  # in_place: the snapfs dir, or None
         self.cache_dir = options.cache_dir or default_cache_dir()
         self.store = BlobStore(os.path.join(self.cache_dir, "blobs"))
         self.layer_dir = os.path.join(scratch, "layers")
@@ -178,12 +195,16 @@ class _Builder:
         self.stages: dict[int, _Stage] = {}
         self.roots: dict[int, stageroot.StageRoot] = {}
         self.scopes: dict = {}  # each built stage's final scope: a child stage inherits its ARGs
-        self.overlay = options.isolation != "none" and stageroot.overlay_available(scratch)
+        self.overlay = not in_place and options.isolation != "none" and stageroot.overlay_available(scratch)
         self.images: dict[str, tuple[Image, str]] = {}  # COPY --from images, unpacked
         created, epoch = _created(options)
         ignore = list(options.ignore_paths)
         if options.ignore_var_run:
             ignore += executor.VAR_RUN[:1]
+        if in_place:  # the container's mounts, kernel filesystems and the builder itself stay out of images
+            ignore = list(incontainer.ignore_list("/", in_place, extra=tuple(ignore)))
+        self.keep = tuple(p.strip("/") for p in ignore if p.strip("/"))
+        self.stage_copies: dict[int, str] = {}
         self.stage_opts = StageOptions(
             layer_dir=self.layer_dir, compression=options.compression, level=options.compression_level,
             snapshot_mode=options.snapshot_mode, single_snapshot=options.single_snapshot, epoch=epoch,
@@ -193,7 +214,7 @@ class _Builder:
     # registry access, created on first use so local-only builds never touch the network stack
     def client(self) -> RegistryClient:
         if self._client is None:
-            self._client = RegistryClient(self.o.registry)
+            self._client = RegistryClient(self.o.registry, credentials=self.credentials)
         return self._client
 
     def close_client(self) -> None:
@@ -203,7 +224,7 @@ class _Builder:
 
     def client_for_push(self):
         need = self.o.outputs.destinations and not self.o.outputs.no_push
-        return RegistryClient(self.o.registry) if need else _NoClient()
+        return RegistryClient(self.o.registry, credentials=self.credentials) if need else _NoClient()
 
     def run(self):
         total = sum(len(self.plan.stages[i].instructions) + 1 for i in self.plan.needed)
@@ -286,7 +307,11 @@ class _Builder:
     def _stage_root(self, index: int, stage, base: Image) -> stageroot.StageRoot:
         """Overlay over the cached base (or over the parent stage) when mounts work; else unpack."""
         name = f"stage-{index}"
-        if self.overlay:
+        if self.in_place:  # Kaniko's way: the container's own root, emptied, then the base unpacked over it
+            incontainer.clean_root("/", self.keep)
+            stageroot.unpack(base.layers, "/", keep=self.keep)
+            root = stageroot.StageRoot("/")
+        elif self.overlay:
             if stage.base_stage is not None:
                 lowers = self.roots[stage.base_stage].child_lowers()
             else:
@@ -296,6 +321,17 @@ class _Builder:
             root = stageroot.plain_stage(self.scratch, name, base.layers)
         self.roots[index] = root
         return root
+
+    def stage_source(self, index: int) -> str:
+        """A finished stage's tree for COPY --from / RUN --mount from: in place, "/" has moved on, so the
+        stage's image is unpacked once into the scratch directory."""
+        if not self.in_place:
+            return self.stages[index].state.root
+        if index not in self.stage_copies:
+            path = os.path.join(self.scratch, f"stage-copy-{index}")
+            stageroot.unpack(self.stages[index].image.layers, path)
+            self.stage_copies[index] = path
+        return self.stage_copies[index]
 
     def release(self) -> None:
         """Unmount every stage root (before the scratch directory is removed)."""

@@ -72,8 +72,13 @@ def register(sub) -> None:
     p.add_argument("--cache-repo", default=None)
     p.add_argument("--cache-ttl", default=None)
     p.add_argument("--kaniko-dir", default=os.environ.get("KANIKO_DIR"), help="accepted for compatibility")
-    p.add_argument("--snapfs-dir", default=os.environ.get("SNAPFS_DIR"), help="scratch space for the build")
+    p.add_argument("--snapfs-dir", default=os.environ.get("SNAPFS_DIR"),
+                   help="the builder's own directory in a container (default /snapfs); never snapshotted")
     p.add_argument("--benchmark-file", default=None, help="write per-step timings as JSON")
+    p.add_argument("--in-container", default="auto", choices=("auto", "true", "false"),
+                   help="build over the container's own / like Kaniko (auto: when running from the executor image)")
+    p.add_argument("--isolation", default="auto", choices=("auto", "namespaces", "none"),
+                   help="RUN isolation: namespaces when allowed (auto), always, or never")
     p.add_argument("-v", "--verbosity", default="info",
                    choices=("panic", "fatal", "error", "warn", "info", "debug", "trace"))
     p.add_argument("--log-format", default="text", choices=("text", "color", "json"))
@@ -143,8 +148,10 @@ def options_from_args(args):
         single_snapshot=args.single_snapshot, reproducible=args.reproducible, compression=args.compression,
         compression_level=args.compression_level, image_format=args.image_format,
         labels=_kv(args.label, "--label"), custom_platform=args.custom_platform, cache_dir=args.cache_dir or "",
-        work_dir=args.snapfs_dir or "", ignore_paths=tuple(args.ignore_path), ignore_var_run=args.ignore_var_run,
-        secrets=_secrets(args.secret), benchmark_file=args.benchmark_file)
+        ignore_paths=tuple(args.ignore_path), ignore_var_run=args.ignore_var_run,
+        secrets=_secrets(args.secret), benchmark_file=args.benchmark_file, isolation=args.isolation,
+        in_place={"auto": None, "true": True, "false": False}[args.in_container], cleanup=args.cleanup,
+        snapfs_dir=args.snapfs_dir or "")
 
 
 class _JsonFormatter(logging.Formatter):

@@ -112,7 +112,7 @@ class StepRunner:
         if stage is not None:
             if stage.index not in self.b.stages:
                 raise BuildError(f"--from={from_}: stage has not been built")
-            return Source(self.b.stages[stage.index].state.root, False, label=f"stage {from_}")
+            return Source(self.b.stage_source(stage.index), False, label=f"stage {from_}")
         return Source(self._image_root(from_), False, label=f"image {from_}")
 
     def _image_root(self, ref: str) -> str:
@@ -149,8 +149,15 @@ class StepRunner:
         network = i.network or "default"
         if network not in ("default", "none", "host"):
             raise UsageError(f"RUN --network={network}: choose default, none or host")
-        if not sandbox.isolation_available():
-            raise NotSupportedError("RUN without mount and PID namespaces (in-container mode)")
+        from . import incontainer
+
+        # In place (over "/") steps run directly, as Kaniko's do; otherwise in the sandbox when it is allowed.
+        if self.b.in_place:
+            incontainer.announce_direct()  # logged once per process
+            run = incontainer.run_direct
+        else:
+            run = incontainer.runner(self.b.o.isolation)
+        direct = run is incontainer.run_direct
         cfg = self.state.config
         env = dict(scope.run_env())
         argv, script = self._argv(i)
@@ -161,10 +168,15 @@ class StepRunner:
                 with open(path, "w") as f:
                     f.write(script)
                 os.chmod(path, 0o755)
-                mounts += (sandbox.Mount(kind="bind", target="/dev/.snapfs-heredoc", source=path),)
+                if direct and self.b.in_place:
+                    argv = [path]  # the scratch dir is inside the root the step sees
+                elif direct:
+                    raise NotSupportedError("a RUN heredoc with a #! line without isolation outside the container")
+                else:
+                    mounts += (sandbox.Mount(kind="bind", target="/dev/.snapfs-heredoc", source=path),)
             spec = sandbox.RunSpec(root=self.state.root, argv=tuple(argv), env=tuple(env.items()),
                                    workdir=cfg.workdir(), user=cfg.user(), network=network, mounts=mounts)
-            result = sandbox.run(spec)
+            result = run(spec)
         if result.exit_code != 0:
             raise BuildError(f"RUN {_short(argv)} returned a non-zero code: {result.exit_code}",
                              exit_code=result.exit_code if 0 < result.exit_code < 256 else 1)

@@ -80,13 +80,13 @@ def overlay_available(scratch: str) -> bool:
     return _available[key]
 
 
-def unpack(layers, target: str) -> None:
-    """Apply ``layers`` (image.Layer values) onto ``target``, checking each diff_id."""
+def unpack(layers, target: str, *, keep: tuple[str, ...] = ()) -> None:
+    """Apply ``layers`` (image.Layer values) onto ``target``, checking each diff_id; ``keep``: paths to spare."""
     os.makedirs(target, exist_ok=True)
     with RootFS(target, cache=True) as root:
         for layer in layers:
             with open(layer.path, "rb") as f:
-                stats = apply_layer(f, root)
+                stats = apply_layer(f, root, keep=keep)
             if stats.diff_id != layer.diff_id:
                 raise BuildError(f"layer {layer.digest}: uncompressed content does not match its diff_id")
 
