@@ -158,3 +158,36 @@ def test_bad_mode_is_refused(base):
     snap = snapshot.take(base)
     with pytest.raises(UsageError, match="unknown diff mode 'hash'"):
         diff.diff(snap, snap, mode="hash")
+
+
+# -- patched snapshots: read again only what may have changed -------------------------------------------------
+
+def _same_rows(a, b, kernel):
+    """Two snapshots hold the same entries with the same stat fields (offsets may differ)."""
+    assert kernel.check_rows(*b.rows) == ""
+    assert [e for e in a] == [e for e in b]
+
+
+def test_patch_equals_a_full_walk(kernel, base):
+    old = take(base, kernel)
+    shutil.rmtree(os.path.join(base, "a/sub"))                 # a removed tree
+    os.remove(os.path.join(base, "b"))
+    os.mkdir(os.path.join(base, "b"))                          # file -> directory
+    open(os.path.join(base, "b/inside"), "w").close()
+    shutil.rmtree(os.path.join(base, "d"))
+    build(base, {"d": Dir({"keep": File(b"new"), "more": Symlink("keep")})})  # a replaced directory
+    os.chmod(os.path.join(base, "a/x"), 0o600)                 # metadata only
+    build(base, {"z-new": Dir({"deep": Dir({"f": File()})})})  # a new subtree
+    changed = ["a/sub", "b", "b/inside", "a/x", "z-new", "z-new/deep", "z-new/deep/f"]
+    patched = snapshot.patch(old, paths=changed, subtrees=["d"], kernel=kernel)
+    _same_rows(take(base, kernel), patched, kernel)
+    assert [(c.kind, c.path) for c in diff.diff(old, patched, kernel=kernel).changes] == \
+        [(c.kind, c.path) for c in diff.diff(old, take(base, kernel), kernel=kernel).changes]
+
+
+def test_patch_with_nothing_changed_and_ignored_paths(kernel, base):
+    old = take(base, kernel)
+    _same_rows(old, snapshot.patch(old, paths=["a", "a/x", "nope"], kernel=kernel), kernel)
+    build(base, {"skip": Dir({"f": File()})})
+    patched = snapshot.patch(old, paths=["skip", "skip/f"], ignore=["skip"], kernel=kernel)
+    _same_rows(old, patched, kernel)

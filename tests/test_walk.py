@@ -169,5 +169,11 @@ def test_snapshot_hashes_racy_files_and_quiescent_waits(tmp_path):
     paths = [e.path for e in snap]
     # both were just written (ctime is now even though "old" has a 2023 mtime), so both are racy
     assert snap.hashes == {paths.index(p): snapshot.content_hash(str(tmp_path / p)) for p in ("fresh", "old")}
+    # quiescent: a few small racy files are hashed (cheaper than waiting) ...
+    quiet = snapshot.take(str(tmp_path), quiescent=True)
+    assert set(quiet.hashes) == set(snap.hashes) and quiet.racy_ns > 0
+    # ... many are not: the snapshot waits until the racy window has passed instead.
+    for i in range(70):
+        (tmp_path / f"many{i}").write_bytes(b"x")
     quiet = snapshot.take(str(tmp_path), quiescent=True)
     assert quiet.hashes == {} and quiet.racy_ns == 0

@@ -266,7 +266,7 @@ class _Builder:
         base = convert(base, oci=self.o.image_format == "oci")
         sroot = self._stage_root(index, stage, base)
         cfg = imageconfig.start_stage(base.config(), platform=self._platform(stage))
-        state = StageState(root=sroot.path, base=base, config=cfg)
+        state = StageState(root=sroot.path, base=base, config=cfg, upper=sroot.upper)
         state.snapshot = executor.take(sroot.path, ignore=self.stage_opts.ignore_paths, quiescent=True)
         result = _Stage(index, state, ref=ref)
         self.stages[index] = result

@@ -19,7 +19,7 @@ from .image import Image, Layer
 from .instruction_values import parse_chmod
 from .layer import write_layer
 from .rootfs import RootFS
-from .snapshot import Snapshot, take
+from .snapshot import Snapshot, patch, take
 
 log = logging.getLogger("snapfs.build")
 
@@ -49,6 +49,10 @@ class StageState:
     timings: list[StepTiming] = field(default_factory=list)
     snapshot: Snapshot | None = None
     pending_history: list[str] = field(default_factory=list)  # single-snapshot: steps waiting for the layer
+    upper: str = ""  # overlay mode: the upper directory, where every change of the stage lands
+    # Overlay mode: every path the stage has changed so far. A file a step created and a later step deleted
+    # leaves no trace in the upper directory (there is nothing below to hide), so it must be looked at again.
+    upper_seen: set = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -65,13 +69,17 @@ class StageOptions:
 
 
 def commit(state: StageState, opts: StageOptions, *, index: int, created_by: str, run_time: float = 0.0,
-           extra_ignore: tuple[str, ...] = ()) -> StepTiming:
-    """Snapshot after a step that may have changed files; write its layer (or note an empty one)."""
+           extra_ignore: tuple[str, ...] = (), touched: list[str] | None = None) -> StepTiming:
+    """Snapshot after a step that may have changed files; write its layer (or note an empty one).
+
+    ``touched`` lists every path the step may have changed (COPY knows what it wrote); then only those are
+    read again. Otherwise an overlay stage reads its upper directory, and a plain one walks the whole root.
+    """
     if opts.single_snapshot:
         state.pending_history.append(created_by)
         return StepTiming(index, created_by, run=run_time)
     return _snapshot_layer(state, opts, index=index, created_by=[created_by], run_time=run_time,
-                           extra_ignore=extra_ignore)
+                           extra_ignore=extra_ignore, touched=touched)
 
 
 def finish_stage(state: StageState, opts: StageOptions, *, index: int) -> None:
@@ -82,9 +90,20 @@ def finish_stage(state: StageState, opts: StageOptions, *, index: int) -> None:
 
 
 def _snapshot_layer(state: StageState, opts: StageOptions, *, index: int, created_by: list[str],
-                    run_time: float = 0.0, extra_ignore: tuple[str, ...] = ()) -> StepTiming:
+                    run_time: float = 0.0, extra_ignore: tuple[str, ...] = (),
+                    touched: list[str] | None = None) -> StepTiming:
     t0 = time.perf_counter()
-    new = take(state.root, ignore=opts.ignore_paths + extra_ignore, quiescent=True)
+    ignore = opts.ignore_paths + extra_ignore
+    subtrees: list[str] = []
+    if touched is None and state.upper and not opts.single_snapshot:
+        paths, subtrees = upper_changes(state.upper)
+        touched = sorted(set(paths) | state.upper_seen)
+    if state.upper and touched is not None:
+        state.upper_seen.update(touched)
+    if touched is None:
+        new = take(state.root, ignore=ignore, quiescent=True)
+    else:
+        new = patch(state.snapshot, paths=touched, subtrees=subtrees, ignore=ignore, quiescent=True)
     mode = "full" if opts.snapshot_mode == "full" else "stat"
     d = diff(state.snapshot, new, mode=mode)
     state.snapshot = new
@@ -109,6 +128,27 @@ def _snapshot_layer(state: StageState, opts: StageOptions, *, index: int, create
     log.debug("layer %s: %d changes, %d bytes", blob.digest, len(d.changes), blob.size)
     return StepTiming(index, created_by[-1], run=run_time, snapshot=t1 - t0, layer=t2 - t1, layer_size=blob.size,
                       empty=False)
+
+
+def upper_changes(upper: str) -> tuple[list[str], list[str]]:
+    """Paths an overlay's upper directory says changed: everything in it (whiteouts are deletions), and the
+    opaque directories, whose lower contents are hidden and must be read again in full."""
+    from . import backend
+    from .rows import decode
+
+    recs, names, extras, _, _ = backend.get().walk(upper, xattrs=False)
+    paths, opaque = [], []
+    for i in range(len(recs) // 96):
+        e = decode(recs, names, extras, i)
+        paths.append(e.path)
+        if e.is_dir:
+            try:
+                if os.getxattr(os.path.join(upper, e.path), "trusted.overlay.opaque",
+                               follow_symlinks=False) == b"y":
+                    opaque.append(e.path)
+            except OSError:
+                pass
+    return paths, opaque
 
 
 def metadata_step(state: StageState, opts: StageOptions, instruction, *, index: int, describe) -> StepTiming:
@@ -138,7 +178,7 @@ def workdir_step(state: StageState, opts: StageOptions, instruction: ins.Workdir
                     except FileExistsError:
                         continue
                     os.chown(name, *owner, dir_fd=fd, follow_symlinks=False)
-    return commit(state, opts, index=index, created_by=created_by)
+    return commit(state, opts, index=index, created_by=created_by, touched=[path])
 
 
 def copy_step(state: StageState, opts: StageOptions, instruction, *, index: int, created_by: str,
@@ -151,22 +191,44 @@ def copy_step(state: StageState, opts: StageOptions, instruction, *, index: int,
     workdir = state.config.workdir()
     dest = instruction.dest
     several = len(instruction.sources) + len(instruction.inline) > 1
+    touched: list[str] = []
     with RootFS(state.root) as root:
         for inline in instruction.inline:
             target = dest.rstrip("/") + "/" + inline.name if dest.endswith("/") or several else dest
             mode = chmod.apply(0o100644, is_dir=False) if chmod else 0o644
-            write_inline(root, imageconfig.resolve_workdir(workdir, target).lstrip("/"), inline.data.encode(),
-                         owner=owner, mode=mode, mtime_ns=None if opts.epoch is None else opts.epoch * 10**9)
+            path = imageconfig.resolve_workdir(workdir, target).lstrip("/")
+            write_inline(root, path, inline.data.encode(), owner=owner, mode=mode,
+                         mtime_ns=None if opts.epoch is None else opts.epoch * 10**9)
+            touched.append(path)
         if staged is not None:
             for s in staged:
                 # An extracted archive or a cloned repository always lands inside the destination directory.
                 d = dest + "/" if (s.into_dir or several) and not dest.endswith("/") else dest
-                copy(root, s.source, [s.pattern], d, workdir=workdir, owner=owner, chmod=chmod,
-                     excludes=instruction.excludes, what=what)
+                touched += copy(root, s.source, [s.pattern], d, workdir=workdir, owner=owner, chmod=chmod,
+                                excludes=instruction.excludes, what=what)
         elif instruction.sources:
-            copy(root, source, list(instruction.sources), dest, workdir=workdir, owner=owner,
-                 chmod=chmod, excludes=instruction.excludes, parents=parents, what=what)
-    return commit(state, opts, index=index, created_by=created_by, run_time=time.perf_counter() - t)
+            touched += copy(root, source, list(instruction.sources), dest, workdir=workdir, owner=owner,
+                            chmod=chmod, excludes=instruction.excludes, parents=parents, what=what)
+    # Only what the copy wrote can have changed (a symlink it resolved through is unchanged itself).
+    return commit(state, opts, index=index, created_by=created_by, run_time=time.perf_counter() - t,
+                  touched=_resolved(state.root, touched))
+
+
+def _resolved(root: str, paths: list[str]) -> list[str]:
+    """The copier reports destination paths as written, and a destination may reach its target through a
+    symlink inside the root; report the real location (resolved inside the root) of each."""
+    out = []
+    with RootFS(root) as r:
+        for p in paths:
+            try:
+                with r.at(p) as (fd, name):
+                    real = os.path.relpath(os.path.join(os.readlink(f"/proc/self/fd/{fd}"), name), root)
+            except OSError:
+                real = p
+            out.append(p)
+            if real != p and not real.startswith(".."):
+                out.append(real)
+    return out
 
 
 def refuse(message: str) -> SnapfsError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import struct
 import time
 from dataclasses import dataclass, field
@@ -19,12 +20,19 @@ import zstandard
 
 from . import backend
 from .errors import InputError, SnapshotError
-from .rows import RECORD, Entry, decode
+from .rows import RECORD, Entry, decode, encode_extra, path_key
 
 MAGIC = b"SNAPFS\x00\x01"
 # File timestamps come from the kernel's coarse clock (one tick, 1-10 ms) and may lag the real time by one
 # tick; anything modified within this window before the walk started could be rewritten in the same tick.
-RACY_WINDOW_NS = max(20_000_000, 2 * int(time.clock_getres(getattr(time, "CLOCK_REALTIME_COARSE", 0)) * 1e9))
+# (Python does not name CLOCK_REALTIME_COARSE; it is 5 on Linux.)
+_COARSE_CLOCK = getattr(time, "CLOCK_REALTIME_COARSE", 5)
+try:
+    RACY_WINDOW_NS = max(2_000_000, 2 * int(time.clock_getres(_COARSE_CLOCK) * 1e9))
+except OSError:  # pragma: no cover - no coarse clock: assume the largest common tick
+    RACY_WINDOW_NS = 20_000_000
+# In quiescent mode, hashing a few small racy files is cheaper than waiting for the window to pass.
+_HASH_INSTEAD_OF_WAIT = (64, 4 << 20)
 _CHUNK = 1 << 20
 
 
@@ -89,9 +97,18 @@ def take(root: str, *, one_fs: bool = True, ignore: tuple[str, ...] | list[str] 
     ign = tuple(_norm_ignore(p) for p in ignore)
     start = time.time_ns()
     records, names, extras, dev, ino = kernel.walk(root, one_fs=one_fs, ignore=ign, xattrs=xattrs)
+    return _finish(root, records, names, extras, dev, ino, start=start, quiescent=quiescent, kernel=kernel)
+
+
+def _finish(root: str, records: bytes, names: bytes, extras: bytes, dev: int, ino: int, *, start: int,
+            quiescent: bool, kernel) -> Snapshot:
+    """Racy handling shared by full and patched snapshots: hash racy files, or wait the window out."""
     racy_ns = start - RACY_WINDOW_NS
     racy = kernel.racy_rows(records, racy_ns)
     hashes: dict[int, bytes] = {}
+    if racy and quiescent and len(racy) <= _HASH_INSTEAD_OF_WAIT[0] and sum(
+            RECORD.unpack_from(records, i * RECORD.size)[0] for i in racy) <= _HASH_INSTEAD_OF_WAIT[1]:
+        quiescent = False  # a few small files: hash them below rather than sleep
     if racy and quiescent:
         # Once the clock has moved past the window, any later write gets a newer timestamp.
         delay = (start + RACY_WINDOW_NS - time.time_ns()) / 1e9
@@ -178,3 +195,171 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+class PathIndex:
+    """Lookups by path in a snapshot's component-ordered rows (binary search, no per-row objects)."""
+
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap, self.n = snap, len(snap)
+
+    def key(self, j: int) -> bytes:
+        t = RECORD.unpack_from(self.snap.records, j * RECORD.size)
+        return path_key(self.snap.names[t[6]:t[6] + t[12]])
+
+    def position(self, key: bytes, *, after: bool = False) -> int:
+        """The first row whose key is not below ``key`` (with ``after``: above it)."""
+        lo, hi = 0, self.n
+        while lo < hi:
+            mid = (lo + hi) // 2
+            k = self.key(mid)
+            if k < key or (after and k == key):
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def find(self, path: str) -> int | None:
+        key = path_key(os.fsencode(path))
+        i = self.position(key)
+        return i if i < self.n and self.key(i) == key else None
+
+    def subtree_end(self, i: int) -> int:
+        """One past the last row below directory row ``i`` (subtrees are contiguous in component order)."""
+        prefix = self.key(i) + b"\x00"
+        lo, hi = i + 1, self.n
+        while lo < hi:  # rows below i are exactly the keys starting with prefix, and they come first
+            mid = (lo + hi) // 2
+            if self.key(mid).startswith(prefix):
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    def subtree(self, i: int) -> range:
+        return range(i + 1, self.subtree_end(i))
+
+
+def _row(root: bytes, rel: bytes, st: os.stat_result, name_off: int, extra: bytes, extra_off: int) -> bytes:
+    return RECORD.pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, st.st_rdev, name_off,
+                       extra_off if extra else 0, st.st_mode, st.st_uid, st.st_gid, st.st_nlink, len(rel),
+                       len(extra), 0, 0)
+
+
+def _extra_of(full: bytes, st: os.stat_result) -> bytes:
+    """The walker's extras for one entry: a symlink's target, or the kept xattrs of files and directories."""
+    if stat.S_ISLNK(st.st_mode):
+        return encode_extra(os.readlink(full), [])
+    if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+        found = []
+        try:
+            for name in os.listxattr(full, follow_symlinks=False):
+                b = name.encode("utf-8", "surrogateescape")
+                if b == b"security.capability" or b.startswith(b"user."):
+                    found.append((b, os.getxattr(full, name, follow_symlinks=False)))
+        except OSError:
+            pass
+        return encode_extra(b"", found) if found else b""
+    return b""
+
+
+def patch(old: Snapshot, *, paths=(), subtrees=(), ignore=(), quiescent: bool = False, kernel=None) -> Snapshot:
+    """The snapshot ``take(old.root)`` would give, when only ``paths`` (and anything below ``subtrees``) may
+    have changed since ``old``: those are read again and spliced into the old rows, nothing else is walked.
+
+    A path that is gone drops its rows (its whole subtree if it was a directory); a directory among
+    ``subtrees`` is walked again in full (a directory replaced wholesale). Costs O(changes + log n) lookups
+    and one copy of the row bytes.
+    """
+    kernel = kernel or backend.get()
+    start = time.time_ns()
+    root = os.fsencode(old.root)
+    ign = tuple(_norm_ignore(p) for p in ignore)
+
+    def clean(p: str) -> str | None:
+        p = os.path.normpath("/" + p).lstrip("/")
+        if not p or p == "." or any(p == i or p.startswith(i + "/") for i in ign):
+            return None
+        return p
+
+    subs = {c for c in (clean(p) for p in subtrees) if c}
+    wanted = {c for c in (clean(p) for p in paths) if c} | subs
+    for p in list(wanted):  # a child's change moves its parents' times and link counts: read them again too
+        while "/" in p:
+            p = p.rpartition("/")[0]
+            if p in wanted:
+                break
+            wanted.add(p)
+    todo = sorted(wanted, key=lambda p: path_key(os.fsencode(p)))
+    index = PathIndex(old)
+    drops: list[tuple[int, int]] = []
+    fresh: list[tuple[int, bytes, bytes, bytes]] = []  # (insert position, record w/o offsets, name, extra)
+    for p in todo:
+        rel = os.fsencode(p)
+        full = root + b"/" + rel
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            st = None
+        i = index.find(p)
+        if i is not None:
+            was_dir = stat.S_ISDIR(RECORD.unpack_from(old.records, i * RECORD.size)[8])
+            whole = was_dir and (st is None or not stat.S_ISDIR(st.st_mode) or p in subs)
+            drops.append((i, index.subtree_end(i) if whole else i + 1))
+        if st is None:
+            continue
+        pos = index.position(path_key(rel), after=True)  # where p is (or would be): before its children
+        fresh.append((pos, rel, st, _extra_of(full, st)))
+        if p in subs and stat.S_ISDIR(st.st_mode):
+            recs, names, extras, _, _ = kernel.walk(full, ignore=[x[len(p) + 1:] for x in ign
+                                                                    if x.startswith(p + "/")])
+            for j in range(len(recs) // RECORD.size):
+                child = rel + b"/" + os.fsencode(decode(recs, names, extras, j).path)
+                cst = os.lstat(root + b"/" + child)
+                fresh.append((pos, child, cst, _extra_of(root + b"/" + child, cst)))
+    fresh.sort(key=lambda f: (f[0], path_key(f[1])))
+    names, extras = bytearray(old.names), bytearray(old.extras)
+    rows = []
+    for pos, rel, st, extra in fresh:
+        rows.append((pos, _row(root, rel, st, len(names), extra, len(extras))))
+        names += rel
+        extras += extra
+    records = _splice(old.records, _merge(drops), rows, len(old))
+    return _finish(old.root, records, bytes(names), bytes(extras), old.root_dev, old.root_ino, start=start,
+                   quiescent=quiescent, kernel=kernel)
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(ranges):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _splice(records: bytes, drops: list[tuple[int, int]], rows: list[tuple[int, bytes]], n: int) -> bytes:
+    """Old rows minus ``drops``, with each new row inserted before old position ``pos``."""
+    size = RECORD.size
+    kept, cur = [], 0
+    for a, b in drops:
+        if a > cur:
+            kept.append((cur, a))
+        cur = b
+    if cur < n:
+        kept.append((cur, n))
+    out, k = [], 0
+    for a, b in kept:
+        while k < len(rows) and rows[k][0] <= a:
+            out.append(rows[k][1])
+            k += 1
+        cur = a
+        while k < len(rows) and rows[k][0] < b:
+            out.append(records[cur * size:rows[k][0] * size])
+            out.append(rows[k][1])
+            cur = rows[k][0]
+            k += 1
+        out.append(records[cur * size:b * size])
+    out.extend(r for _, r in rows[k:])
+    return b"".join(out)
