@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export SNAPFS_REQUIRE_COMPILED=1
+export SNAPFS_NO_SKIP=1  # every test runs here: a skip (a missing tool) fails the run
 PY=${PYTHON:-python3}
 "$PY" -m pytest -p no:cacheprovider "$@" tests
 # The benchmarks run too, briefly (one round each), so they can't rot; figures are printed, never asserted.
