@@ -15,7 +15,6 @@ import tracemalloc
 
 import pytest
 from conftest import best_of, report, scandir_walk
-from isal import igzip_threaded
 
 from snapfs import backend, changes, compress, layer, snapshot
 from snapfs.apply import apply_layer

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -107,8 +108,9 @@ def test_racy_entries_are_decided_by_content(kernel, base):
     The blind spot is simulated exactly: the "new" snapshot reuses the old rows (as if the clock had not
     ticked), while the file's bytes really changed on disk."""
     path = os.path.join(base, "b")
-    os.utime(path, ns=(T0, T0))
-    old = snapshot.take(base, kernel=kernel)  # b's ctime is recent: racy, so hashed
+    future = time.time_ns() + 10**9
+    os.utime(path, ns=(future, future))
+    old = snapshot.take(base, kernel=kernel)  # b's mtime is at or after the walk: racy, so hashed
     idx = [e.path for e in old].index("b")
     assert idx in old.hashes
     with open(path, "wb") as f:

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from snapfs import apply, backend, changes, layer, snapshot
-from treekit import T0, Dev, Dir, Fifo, File, Hardlink, Symlink, build, state
+from treekit import T0, Dev, Dir, Fifo, File, Symlink, build, state
 
 CAP = bytes.fromhex("0100000200200000000000000000000000000000")
 NAMES = st.sampled_from(["a", "b", "c", "d", ".e", "f-g", "h.i"])

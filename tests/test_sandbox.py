@@ -494,7 +494,7 @@ def test_unprivileged_pod(root):
             "    run(RunSpec(root=%r, argv=('true',)))\n"
             "except SnapfsError as e:\n"
             "    print(type(e).__name__, e)\n" % root)
-    done = subprocess.run(["capsh", f"--drop={UNPRIVILEGED}", "--", "-c", f'exec "$0" -c "$1"', sys.executable,
+    done = subprocess.run(["capsh", f"--drop={UNPRIVILEGED}", "--", "-c", 'exec "$0" -c "$1"', sys.executable,
                            code], capture_output=True, text=True, timeout=60)
     assert done.stdout == ("False\nBuildError RUN true: creating namespaces (unshare): Operation not permitted\n"), \
         done.stderr

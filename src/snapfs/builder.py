@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
-from . import executor, imageconfig, incontainer, instructions as ins, stageroot
+from . import executor, imageconfig, incontainer, stageroot
 from .blobcache import BlobStore
 from .copier import Source
 from .dockerignore import load_dockerignore

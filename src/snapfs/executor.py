@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from . import imageconfig, instructions as ins
 from .changes import diff
 from .copier import Source, copy, write_inline
-from .errors import BuildError, NotSupportedError, SnapfsError
+from .errors import NotSupportedError, SnapfsError
 from .image import Image, Layer
 from .instruction_values import parse_chmod
 from .layer import write_layer

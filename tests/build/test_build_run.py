@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import os
 import tarfile
 
 import pytest
 
-from snapfs.errors import BuildError, NotSupportedError
+from snapfs.errors import BuildError
 
 
 def layer_names(built) -> list[list[str]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from snapfs.errors import DockerfileError
-from snapfs.instructions import Copy, Env, Run, Workdir
+from snapfs.instructions import Env, Run, Workdir
 from snapfs.stages import Platform, Scope, expand_instruction, expand_stage, onbuild_instructions, plan_build
 
 AMD64 = {"target_platform": "linux/amd64", "build_platform": "linux/amd64"}

@@ -26,7 +26,7 @@ def test_blob_store_verifies_before_publishing(tmp_path):
     digest = sha256_digest(data)
     w = store.writer(digest, size=len(data) + 1)
     w.write(data)
-    with pytest.raises(BlobMismatch, match=f"got 10 bytes, expected 11"):
+    with pytest.raises(BlobMismatch, match="got 10 bytes, expected 11"):
         w.commit()
     bad = store.writer(digest, size=len(data))
     bad.write(b"hellO blob")

@@ -1,0 +1,247 @@
+"""RUN steps without isolation, as Kaniko runs them: in an unprivileged pod there are no namespaces to make.
+
+The step gets its own session, the user and groups from the stage's own passwd/group, its workdir (created),
+exactly the step's environment, umask 022 and stdin from /dev/null. When its command exits, its process group and
+everything left in its session are killed, and orphans it left to us are reaped. Exit codes follow
+``sandbox.run``: 127 not found, 126 not executable, 128+N when killed by signal N.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import os
+import signal
+import stat
+import subprocess
+import threading
+import time
+from typing import IO, Any, Callable
+
+from .errors import BuildError, InputError, NotSupportedError, UsageError
+from .rootfs import split_path
+
+log = logging.getLogger("snapfs.incontainer")
+
+DIRECT_MESSAGE = "isolation not available: running RUN steps directly in the container (as Kaniko does)"
+_STRAGGLER_ROUNDS = 50
+_PUMP_GRACE = 5.0
+
+
+@functools.cache
+def announce_direct() -> None:
+    """Say once per process that RUN steps run without isolation."""
+    log.warning(DIRECT_MESSAGE)
+
+
+def runner(isolation: str = "auto") -> Callable[..., Any]:
+    """The function that runs RUN steps (``sandbox.run`` or :func:`run_direct`) for ``BuildOptions.isolation``:
+    ``namespaces`` requires the sandbox, ``none`` never uses it, ``auto`` uses it when this process may."""
+    from . import sandbox
+
+    if isolation not in ("auto", "namespaces", "none"):
+        raise UsageError(f"unknown isolation {isolation!r} (choose auto, namespaces or none)")
+    if isolation == "none" or (isolation == "auto" and not sandbox.isolation_available()):
+        announce_direct()
+        return run_direct
+    if not sandbox.isolation_available():
+        raise NotSupportedError("isolation=namespaces: this process may not create mount and PID namespaces "
+                                "(an unprivileged container?); use isolation none or auto")
+    return sandbox.run
+
+
+def run_direct(spec, *, stdout: IO[Any] | None = None, stderr: IO[Any] | None = None):
+    """Run one RUN step as Kaniko does: no namespaces, no mounts, in the container's own root.
+
+    The step runs in a new session (``setsid``), as the user of ``spec.user`` resolved in the root's own
+    ``/etc/passwd``/``group`` (supplementary groups, gid, uid), in ``spec.workdir`` (created 0755, owned by the
+    user, like the sandbox does), with exactly ``spec.env`` plus ``PATH``/``HOME`` defaults, umask 022 and
+    default signal handling; its stdin is ``/dev/null`` unless ``spec.stdin``. When the command exits, its
+    process group and every process still in its session are killed. ``spec.root`` is ``/`` in real use; any
+    other root is entered with ``chroot`` (``CAP_SYS_CHROOT``, which a default pod has), for tests.
+
+    ``RUN --mount`` and ``--network=none`` need namespaces: :class:`NotSupportedError`. Returns a
+    ``sandbox.RunResult`` (127 when the command is not found, 126 when it cannot be executed, 128 + N when
+    killed by signal N); failing to set the step up is a :class:`BuildError`.
+    """
+    from .sandbox import RunResult, step_environment
+    from .sandbox_init import Root, SetupError
+    from .users import resolve_user
+
+    if spec.mounts:
+        kinds = ", ".join(sorted({m.kind for m in spec.mounts}))
+        raise NotSupportedError(f"RUN --mount (type={kinds}) needs mount namespaces, which this container does "
+                                "not allow: it is not available when RUN steps run directly")
+    if spec.network == "none":
+        raise NotSupportedError("RUN --network=none needs a network namespace, which this container does not "
+                                "allow")
+    if spec.network not in ("default", "host"):
+        raise UsageError(f"RUN --network={spec.network}: expected one of default, host, none")
+    if not spec.argv or not spec.argv[0]:
+        raise BuildError("RUN: empty command")
+    for text in (*spec.argv, spec.workdir, *(x for kv in spec.env for x in kv)):
+        if "\0" in text:
+            raise BuildError(f"RUN {_show(spec.argv)}: NUL byte in {text!r}")
+    if any(not k or "=" in k for k, _ in spec.env):
+        raise BuildError(f"RUN {_show(spec.argv)}: invalid environment variable name")
+    try:
+        st = os.stat(spec.root)
+    except OSError as exc:
+        raise InputError(f"stage root {spec.root}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise InputError(f"stage root {spec.root}: not a directory")
+    root = os.path.realpath(spec.root)
+    user = resolve_user(root, spec.user)
+    env = dict(step_environment(spec.env, user.home))
+    workdir = "/" + "/".join(split_path(spec.workdir or "/"))
+    try:
+        r = Root(root, lambda msg: None)
+        try:
+            parent, _ = r.ensure(workdir, kind="dir", owner=(user.uid, user.gid), record=False)
+            os.close(parent)
+        finally:
+            r.rfs.close()
+    except (SetupError, OSError) as exc:
+        raise BuildError(f"RUN {_show(spec.argv)}: working directory {workdir}: {exc}") from None
+
+    started = time.monotonic()
+    out_arg, out_sink = _stream(stdout)
+    err_arg, err_sink = _stream(stderr)
+    kwargs: dict[str, Any] = dict(env=env, stdin=None if spec.stdin else subprocess.DEVNULL, stdout=out_arg,
+                                  stderr=err_arg, close_fds=True, start_new_session=True, restore_signals=True)
+    if root == "/":
+        # Everything in the child happens in C (_posixsubprocess): safe in a builder that has threads.
+        kwargs.update(cwd=workdir, umask=0o022, user=user.uid, group=user.gid, extra_groups=list(user.groups))
+    else:
+        kwargs.update(preexec_fn=functools.partial(_enter, root, workdir, user.uid, user.gid, user.groups))
+    try:
+        proc = subprocess.Popen(list(spec.argv), **kwargs)
+    except FileNotFoundError:
+        where = "executable file not found in $PATH" if "/" not in spec.argv[0] else "no such file or directory"
+        return _failed(spec, stderr, f"snapfs: exec {spec.argv[0]!r}: {where}", 127, started)
+    except PermissionError:
+        return _failed(spec, stderr, f"snapfs: exec {spec.argv[0]!r}: permission denied", 126, started)
+    except subprocess.SubprocessError as exc:  # the preexec step failed (chroot, chdir, setuid)
+        raise BuildError(f"RUN {_show(spec.argv)}: setting up the step: {exc}") from None
+    except OSError as exc:
+        return _failed(spec, stderr, f"snapfs: exec {spec.argv[0]!r}: {exc.strerror}", 126, started)
+    pumps = [threading.Thread(target=_pump, args=(pipe, sink), daemon=True)
+             for pipe, sink in ((proc.stdout, out_sink), (proc.stderr, err_sink)) if pipe is not None]
+    for t in pumps:
+        t.start()
+    try:
+        # Wait without reaping: while the leader is a zombie its pid (the session and group id) cannot be reused.
+        while True:
+            try:
+                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+                break
+            except InterruptedError:
+                continue
+    finally:
+        # The step is over when its command exits: whatever it left running goes too.
+        kill_session(proc.pid)
+        status = proc.wait()
+    for t in pumps:
+        t.join(_PUMP_GRACE)  # a daemon that escaped the session may hold the pipe; do not wait for it forever
+    code = 128 - status if status < 0 else status
+    return RunResult(exit_code=code, seconds=time.monotonic() - started, created=())
+
+
+def _enter(root: str, workdir: str, uid: int, gid: int, groups: tuple[int, ...]) -> None:
+    """In the child, for a root other than ``/``: chroot, chdir, drop to the user (in that order)."""
+    os.chroot(root)
+    os.chdir(workdir)
+    os.setgroups(list(groups))
+    os.setgid(gid)
+    os.setuid(uid)
+    os.umask(0o022)
+
+
+def _failed(spec, stderr, message: str, code: int, started: float):
+    from .sandbox import RunResult
+
+    data = (message + "\n").encode("utf-8", "replace")
+    if stderr is None:
+        os.write(2, data)
+    else:
+        try:
+            stderr.write(data.decode() if isinstance(stderr, io.TextIOBase) else data)
+        except (OSError, ValueError):
+            pass
+    return RunResult(exit_code=code, seconds=time.monotonic() - started, created=())
+
+
+def session_members(sid: int, *, zombies: bool = False, proc_dir: str = "/proc") -> list[tuple[int, int]]:
+    """(pid, ppid) of the processes whose session or process group is ``sid``: the live ones, or with
+    ``zombies=True`` the dead ones not yet reaped."""
+    out = []
+    try:
+        names = os.listdir(proc_dir)
+    except OSError:
+        return out
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"{proc_dir}/{name}/stat", "rb") as f:
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        fields = text.rsplit(")", 1)[-1].split()
+        if len(fields) < 4 or (fields[0] in ("Z", "X")) != zombies:
+            continue
+        if int(fields[2]) == sid or int(fields[3]) == sid:
+            out.append((int(name), int(fields[1])))
+    return out
+
+
+def kill_session(sid: int) -> int:
+    """SIGKILL the process group ``sid`` and every process left in session ``sid`` until none is left alive,
+    then reap those that became our children (in a pod the builder is PID 1 and inherits orphans). Returns how
+    many were found alive after the group was killed. A process that left the session (``setsid`` of its own)
+    escapes, as it would with Kaniko."""
+    me = os.getpid()
+    killed: set[int] = set()
+    try:
+        os.killpg(sid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for _ in range(_STRAGGLER_ROUNDS):
+        alive = [pid for pid, _ in session_members(sid) if pid != me]
+        if not alive:
+            break
+        for pid in alive:
+            killed.add(pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.01)
+    for pid, ppid in session_members(sid, zombies=True):
+        if ppid == me and pid != sid:  # the leader is the caller's to reap (Popen.wait)
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+    return len(killed)
+
+
+def _stream(sink) -> tuple[Any, Any]:
+    if sink is None:
+        return None, None
+    try:
+        return sink.fileno(), None
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return subprocess.PIPE, sink
+
+
+def _pump(pipe, sink) -> None:
+    text = isinstance(sink, io.TextIOBase)
+    with pipe:
+        while chunk := pipe.read1(1 << 16):
+            sink.write(chunk.decode("utf-8", "replace") if text else chunk)
+
+
+def _show(argv) -> str:
+    text = " ".join(argv)
+    return text if len(text) <= 200 else text[:197] + "..."
