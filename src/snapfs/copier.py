@@ -203,14 +203,12 @@ class _Copy:
                 self.written.append(sub)
 
     def directory(self, rel: str, target: str, *, followed: bool) -> None:
-        """Copy the contents of source dir ``rel`` into ``target`` (created with the source's metadata)."""
-        st = _stat_followed(self.sroot, rel) if followed else self.sroot.lstat(rel)
-        if target:  # the stage root itself keeps its own metadata
-            self.make_dirs(posixpath.dirname(target))
-            self._put_dir(target, st)
-        self._children(rel, target, base=rel)
+        """Copy the contents of source dir ``rel`` into ``target``. The destination directory itself never takes
+        the source directory's metadata (as in BuildKit): an existing one is left as it is, a missing one is
+        created like any destination parent (0755, owned by --chown or root)."""
         if target:
-            self._finish_dir(target, st)
+            self.make_dirs(target)
+        self._children(rel, target, base=rel)
 
     def _excluded(self, child: str, base: str) -> bool:
         """--exclude patterns match relative to the source being copied (and to the source root)."""
