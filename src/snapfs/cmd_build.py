@@ -133,9 +133,21 @@ def options_from_args(args):
             raise NotSupportedError(f"{flag} (layer caching) is not supported yet")
     if args.cache_repo:
         raise NotSupportedError("--cache-repo (layer caching) is not supported yet")
-    if args.use_new_run:
-        logging.getLogger("snapfs.build").info("--use-new-run has no effect: snapfs always diffs after RUN "
-                                               "with its stat-first engine")
+    log = logging.getLogger("snapfs.build")
+    # Accepted for Kaniko compatibility, with nothing to do here: said out loud, never silently dropped.
+    no_effect = {
+        "--use-new-run": (args.use_new_run, "snapfs always diffs after RUN with its stat-first engine"),
+        "--force": (args.force, "snapfs builds anywhere, in a container or not"),
+        "--compressed-caching": (not args.compressed_caching, "snapfs never holds a layer in memory"),
+        "--no-push-cache": (args.no_push_cache, "there is no layer cache to push"),
+        "--cache-ttl": (args.cache_ttl is not None, "there is no layer cache"),
+        "--skip-unused-stages": (not args.skip_unused_stages, "snapfs always skips stages the target does not need"),
+        "--kaniko-dir": (args.kaniko_dir is not None and "--kaniko-dir" in " ".join(sys.argv),
+                         "snapfs keeps its files in --snapfs-dir"),
+    }
+    for flag, (given, why) in no_effect.items():
+        if given:
+            log.info("%s has no effect: %s", flag, why)
     destinations = tuple(parse_reference(d) for d in args.destination)
     outputs = OutputOptions(destinations=destinations, no_push=args.no_push, tar_path=args.tar_path,
                             oci_layout_path=args.oci_layout_path, digest_file=args.digest_file,
