@@ -398,7 +398,7 @@ class _Applier:
         if not ti.isdir():
             raise _Refused("the root entry must be a directory")
         self._fd_metadata(self.root.fd, ti)
-        self.dir_mtimes[""] = _mtime_ns(ti)
+        self.dir_mtimes[""] = header_mtime_ns(ti)
 
     def _directory(self, path: str, ti: tarfile.TarInfo) -> None:
         with self.root.at(path, make_parents=True) as (dir_fd, name):
@@ -413,7 +413,7 @@ class _Applier:
                 self._fd_metadata(fd, ti)
             finally:
                 os.close(fd)
-        self.dir_mtimes[path] = _mtime_ns(ti)
+        self.dir_mtimes[path] = header_mtime_ns(ti)
 
     def _regular(self, path: str, ti: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         with self.root.at(path, make_parents=True) as (dir_fd, name):
@@ -422,7 +422,7 @@ class _Applier:
             try:
                 _copy_data(tar.extractfile(ti), fd)
                 self._fd_metadata(fd, ti)  # after the data: writing clears setuid and file capabilities
-                ns = _mtime_ns(ti)
+                ns = header_mtime_ns(ti)
                 os.utime(fd, ns=(ns, ns))
             finally:
                 os.close(fd)
@@ -434,7 +434,7 @@ class _Applier:
             self._remove(dir_fd, name)
             os.symlink(ti.linkname, name, dir_fd=dir_fd)
             self._chown_at(dir_fd, name, ti)
-            ns = _mtime_ns(ti)
+            ns = header_mtime_ns(ti)
             os.utime(name, ns=(ns, ns), dir_fd=dir_fd, follow_symlinks=False)
 
     def _hardlink(self, path: str, ti: tarfile.TarInfo) -> None:
@@ -478,7 +478,7 @@ class _Applier:
             self._chown_at(dir_fd, name, ti)
             # Safe without an fd: the name is the node we just made, and chmod here never follows symlinks.
             os.chmod(name, ti.mode & 0o7777, dir_fd=dir_fd, follow_symlinks=False)
-            ns = _mtime_ns(ti)
+            ns = header_mtime_ns(ti)
             os.utime(name, ns=(ns, ns), dir_fd=dir_fd, follow_symlinks=False)
 
     def _remove(self, dir_fd: int, name: str, st: os.stat_result | None = None) -> bool:
@@ -548,7 +548,7 @@ def _copy_data(src, fd: int) -> None:
             view = view[os.write(fd, view):]
 
 
-def _mtime_ns(ti: tarfile.TarInfo) -> int:
+def header_mtime_ns(ti: tarfile.TarInfo) -> int:
     """The header's mtime in ns; the PAX string is used when present, as a float would lose the nanoseconds."""
     raw = ti.pax_headers.get("mtime")
     if raw is not None:

@@ -25,10 +25,9 @@ import stat
 import tarfile
 from collections import OrderedDict
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import BinaryIO
 
-from .apply import _check_end, _HashingSource, _members, _open_tar  # the layer reader's stream checks
+from .apply import _check_end, _HashingSource, _members, _open_tar, header_mtime_ns  # shared with layers
 from .compress import open_decompressed
 from .errors import InputError, LayerError
 from .rootfs import lstat_at, remove_at
@@ -215,7 +214,7 @@ class _Writer:
         if st is not None and not stat.S_ISDIR(st.st_mode):
             remove_at(parent_fd, name, st)  # a symlink or file here is replaced, never followed
         self._dir_fd(path, create=True)
-        self.dirs[path] = (ti.mode & 0o7777, _mtime_ns(ti))
+        self.dirs[path] = (ti.mode & 0o7777, header_mtime_ns(ti))
 
     # other entries
 
@@ -231,7 +230,7 @@ class _Writer:
                     while view:
                         view = view[os.write(fd, view):]
             os.fchmod(fd, ti.mode & 0o7777)
-            ns = _mtime_ns(ti)
+            ns = header_mtime_ns(ti)
             os.utime(fd, ns=(ns, ns))
         finally:
             os.close(fd)
@@ -242,7 +241,7 @@ class _Writer:
         parent_fd = self._dir_fd(parent, create=True)
         self._clear(parent_fd, parent, name)
         os.symlink(ti.linkname, name, dir_fd=parent_fd)
-        ns = _mtime_ns(ti)
+        ns = header_mtime_ns(ti)
         os.utime(name, ns=(ns, ns), dir_fd=parent_fd, follow_symlinks=False)
 
     def _hardlink(self, parent: str, name: str, ti: tarfile.TarInfo) -> None:
@@ -277,13 +276,3 @@ class _Writer:
                 continue  # replaced by a later entry
             os.fchmod(fd, mode)
             os.utime(fd, ns=(ns, ns))
-
-
-def _mtime_ns(ti: tarfile.TarInfo) -> int:
-    raw = ti.pax_headers.get("mtime")
-    if raw is not None:
-        try:
-            return int(Decimal(raw).scaleb(9))
-        except (ArithmeticError, ValueError):
-            pass
-    return int(ti.mtime) * 1_000_000_000 if isinstance(ti.mtime, int) else int(ti.mtime * 1e9)

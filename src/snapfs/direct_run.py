@@ -18,6 +18,7 @@ import threading
 import time
 from typing import IO, Any, Callable
 
+from .sandbox import pump_output, stream_target
 from .errors import BuildError, InputError, NotSupportedError, UsageError
 from .rootfs import split_path
 
@@ -105,8 +106,8 @@ def run_direct(spec, *, stdout: IO[Any] | None = None, stderr: IO[Any] | None = 
         raise BuildError(f"RUN {_show(spec.argv)}: working directory {workdir}: {exc}") from None
 
     started = time.monotonic()
-    out_arg, out_sink = _stream(stdout)
-    err_arg, err_sink = _stream(stderr)
+    out_arg, out_sink = stream_target(stdout)
+    err_arg, err_sink = stream_target(stderr)
     kwargs: dict[str, Any] = dict(env=env, stdin=None if spec.stdin else subprocess.DEVNULL, stdout=out_arg,
                                   stderr=err_arg, close_fds=True, start_new_session=True, restore_signals=True)
     if root == "/":
@@ -125,7 +126,7 @@ def run_direct(spec, *, stdout: IO[Any] | None = None, stderr: IO[Any] | None = 
         raise BuildError(f"RUN {_show(spec.argv)}: setting up the step: {exc}") from None
     except OSError as exc:
         return _failed(spec, stderr, f"snapfs: exec {spec.argv[0]!r}: {exc.strerror}", 126, started)
-    pumps = [threading.Thread(target=_pump, args=(pipe, sink), daemon=True)
+    pumps = [threading.Thread(target=pump_output, args=(pipe, sink), daemon=True)
              for pipe, sink in ((proc.stdout, out_sink), (proc.stderr, err_sink)) if pipe is not None]
     for t in pumps:
         t.start()
@@ -224,22 +225,6 @@ def kill_session(sid: int) -> int:
             except ChildProcessError:
                 pass
     return len(killed)
-
-
-def _stream(sink) -> tuple[Any, Any]:
-    if sink is None:
-        return None, None
-    try:
-        return sink.fileno(), None
-    except (AttributeError, OSError, io.UnsupportedOperation):
-        return subprocess.PIPE, sink
-
-
-def _pump(pipe, sink) -> None:
-    text = isinstance(sink, io.TextIOBase)
-    with pipe:
-        while chunk := pipe.read1(1 << 16):
-            sink.write(chunk.decode("utf-8", "replace") if text else chunk)
 
 
 def _show(argv) -> str:

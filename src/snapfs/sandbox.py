@@ -179,8 +179,8 @@ def _spawn(payload: dict, created: list[dict], *, stdin: bool, stdout, stderr) -
     rep_r, rep_w = os.pipe()
     pumps: list[threading.Thread] = []
     try:
-        out_arg, out_pump = _stream(stdout)
-        err_arg, err_pump = _stream(stderr)
+        out_arg, out_pump = stream_target(stdout)
+        err_arg, err_pump = stream_target(stderr)
         proc = subprocess.Popen(
             [sys.executable, "-I", "-m", "snapfs.sandbox_init", str(spec_r), str(rep_w), str(os.getpid())],
             env={}, cwd="/", pass_fds=(spec_r, rep_w), close_fds=True,
@@ -194,7 +194,7 @@ def _spawn(payload: dict, created: list[dict], *, stdin: bool, stdout, stderr) -
     try:
         for pipe, sink in ((proc.stdout, out_pump), (proc.stderr, err_pump)):
             if pipe is not None:
-                t = threading.Thread(target=_pump, args=(pipe, sink), daemon=True)
+                t = threading.Thread(target=pump_output, args=(pipe, sink), daemon=True)
                 t.start()
                 pumps.append(t)
         with os.fdopen(spec_w, "wb") as f:
@@ -226,7 +226,7 @@ def _spawn(payload: dict, created: list[dict], *, stdin: bool, stdout, stderr) -
     return code, error
 
 
-def _stream(sink) -> tuple[Any, Any]:
+def stream_target(sink) -> tuple[Any, Any]:
     """(what Popen gets, what a pump thread writes to) for an output destination."""
     if sink is None:
         return None, None
@@ -236,7 +236,7 @@ def _stream(sink) -> tuple[Any, Any]:
         return subprocess.PIPE, sink
 
 
-def _pump(pipe, sink) -> None:
+def pump_output(pipe, sink) -> None:
     text = isinstance(sink, io.TextIOBase)
     with pipe:
         while chunk := pipe.read1(1 << 16):
