@@ -148,3 +148,12 @@ def test_onbuild_triggers_run_in_the_child(run_build, registry):
     run_build("FROM busybox\nONBUILD RUN echo triggered > /onbuild.txt\n", push=f"{registry.host}/test/parent:1")
     b = run_build(f"FROM {registry.host}/test/parent:1\nRUN cat /onbuild.txt > /seen\n")
     assert b.read("/seen") == b"triggered\n" and not b.config["config"].get("OnBuild")
+
+
+def test_ignore_path_and_var_run_are_left_out_of_layers(run_build):
+    b = run_build("FROM busybox\nRUN mkdir -p /var/cache/apt /var/run /data && echo x > /var/cache/apt/pkg "
+                  "&& echo pid > /var/run/app.pid && echo kept > /data/kept\n", ignore_paths=("/var/cache",))
+    assert b.read("/data/kept") == b"kept\n"
+    assert not os.path.exists(b.path("/var/cache/apt/pkg")) and not os.path.exists(b.path("/var/run/app.pid"))
+    b = run_build("FROM busybox\nRUN mkdir -p /var/run && echo pid > /var/run/app.pid\n", ignore_var_run=False)
+    assert b.read("/var/run/app.pid") == b"pid\n"
