@@ -70,6 +70,39 @@ class DigestWriter:
         return "sha256:" + self._sha.hexdigest()
 
 
+class ThreadedDigest:
+    """Like DigestWriter (with no output), but hashes on its own thread: the uncompressed stream's sha256 then
+    overlaps with reading files and compressing. Writes must be immutable bytes (BlockWriter's are)."""
+
+    def __init__(self, inner) -> None:
+        import queue
+        import threading
+
+        self._inner = inner
+        self._sha = hashlib.sha256()
+        self._queue: queue.Queue = queue.Queue(maxsize=8)
+        self._thread = threading.Thread(target=self._run, name="snapfs-sha256", daemon=True)
+        self._thread.start()
+        self.size = 0
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            self._sha.update(data)  # releases the GIL for large buffers
+
+    def write(self, data: bytes) -> int:
+        self._queue.put(data)
+        self.size += len(data)
+        return self._inner.write(data)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self._sha.hexdigest()
+
+
 class _Passthrough:
     __slots__ = ("_out",)
 

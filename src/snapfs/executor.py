@@ -113,7 +113,7 @@ def _snapshot_layer(state: StageState, opts: StageOptions, *, index: int, create
             state.config.history.append(imageconfig.history_entry(text, created=opts.created, empty_layer=True))
         return StepTiming(index, created_by[-1], run=run_time, snapshot=t1 - t0)
     tmp = os.path.join(opts.layer_dir, f"layer-{os.getpid()}-{index}.tmp")
-    blob = write_layer(d, tmp, compression=opts.compression, level=opts.level, epoch=opts.epoch)
+    blob = write_layer(d, tmp, compression=opts.compression, level=opts.level, epoch=opts.epoch, durable=False)
     final = os.path.join(opts.layer_dir, blob.digest.split(":", 1)[1])
     os.replace(tmp, final)
     media = blob.media_type

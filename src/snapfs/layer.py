@@ -15,7 +15,7 @@ import stat
 import tarfile
 from dataclasses import dataclass
 
-from .compress import BlockWriter, DigestWriter, check_compression, compressing_writer
+from .compress import BlockWriter, DigestWriter, ThreadedDigest, check_compression, compressing_writer
 from .changes import Diff
 from .errors import InputError, LayerError
 from .rows import RECORD, Entry, path_key
@@ -71,11 +71,12 @@ def source_date_epoch() -> int | None:
 
 
 def write_layer(d: Diff, out_path: str, *, compression: str = "gzip", level: int | None = None,
-                epoch: int | None = None, opaque: bool = True) -> LayerBlob:
+                epoch: int | None = None, opaque: bool = True, durable: bool = True) -> LayerBlob:
     """Write the layer for ``d`` to ``out_path`` (atomically) and return its descriptor values.
 
     ``epoch`` clamps every mtime (``--reproducible`` / ``SOURCE_DATE_EPOCH``) so the same trees give
-    byte-identical layers. ``opaque=False`` never writes opaque markers.
+    byte-identical layers. ``opaque=False`` never writes opaque markers. ``durable=False`` skips the fsync
+    (a build's own layers: they are made durable where the image is written).
     """
     level = check_compression(compression, level)
     items, n_wh, n_opq = plan_entries(d, opaque=opaque)
@@ -84,14 +85,18 @@ def write_layer(d: Diff, out_path: str, *, compression: str = "gzip", level: int
         with open(tmp, "wb") as raw:
             blob = DigestWriter(raw)
             comp = compressing_writer(compression, level, blob)
-            tar = DigestWriter(comp)
-            # 1 MiB blocks: few large hash updates (each drops the GIL) instead of one per header.
+            # 1 MiB blocks, hashed on a thread of their own while the next ones are read and compressed.
+            tar = ThreadedDigest(comp)
             blocks = BlockWriter(tar)
-            _write_tar(blocks, items, d.new, epoch)
-            blocks.flush()
+            try:
+                _write_tar(blocks, items, d.new, epoch)
+                blocks.flush()
+            finally:
+                tar.close()
             comp.close()
             raw.flush()
-            os.fsync(raw.fileno())
+            if durable:
+                os.fsync(raw.fileno())
         os.replace(tmp, out_path)
     except BaseException:
         _unlink(tmp)
