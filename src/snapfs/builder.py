@@ -292,6 +292,11 @@ class _Builder:
                 node = instruction.node
                 raise BuildError(f"step {self.step_no}/{self.total} ({node.keyword} at {self.plan.file}:"
                                  f"{node.start_line}): {exc.message}", exit_code=exc.exit_code) from None
+            except OSError as exc:  # the disk, not the Dockerfile: still one line that names the step
+                node = instruction.node
+                where = f": {exc.filename}" if exc.filename else ""
+                raise BuildError(f"step {self.step_no}/{self.total} ({node.keyword} at {self.plan.file}:"
+                                 f"{node.start_line}): {exc.strerror or exc}{where}") from None
             state.timings.append(timing)
             _step_done(timing, time.perf_counter() - t)
             scope = scope_after

@@ -63,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 141
+    except OSError as exc:  # a filesystem or network failure outside any step: one line, no traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"snapfs: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

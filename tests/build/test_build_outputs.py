@@ -108,3 +108,20 @@ def test_missing_context_and_dockerfile(registry, tmp_path):
     (tmp_path / "empty").mkdir()
     r = snapfs_build(registry, tmp_path, "-c", str(tmp_path / "empty"), "--no-push")
     assert r.returncode == 3 and "Dockerfile: Dockerfile not found in the context" in r.stderr
+
+
+def test_a_full_disk_is_one_line_naming_the_step(registry, ctx, tmp_path):
+    """A filesystem failure inside a step (here: a 64 KiB tmpfs as scratch space) is no traceback."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
+    try:
+        (ctx / "big.bin").write_bytes(os.urandom(1 << 20))
+        (ctx / "Dockerfile").write_text("FROM scratch\nCOPY big.bin /\n")
+        r = snapfs_build(registry, tmp_path, "-c", str(ctx), "--no-push", f"--oci-layout-path={tmp_path / 'oci'}",
+                         env={"TMPDIR": str(small)})
+        assert r.returncode != 0 and "Traceback" not in r.stderr
+        assert "No space left on device" in r.stderr and r.stderr.strip().splitlines()[-1].startswith("snapfs: ")
+        assert not (tmp_path / "oci").exists()
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
