@@ -3,10 +3,9 @@ the same run; print the ratio. ``SNAPFS_BENCH_SCALE`` scales the instruction cou
 from __future__ import annotations
 
 import os
-import statistics
-import time
 
 import dockerfile as buildkit
+from conftest import best_of
 
 from snapfs.dockerfile import parse
 from snapfs.instructions import parse_instructions
@@ -50,16 +49,6 @@ def make_dockerfile(count: int) -> str:
     return "".join(BLOCK.format(i=i) for i in range(max(1, count // PER_BLOCK)))
 
 
-def _median(fn, rounds: int = 3) -> float:
-    fn()
-    times = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def test_parse_vs_buildkit(benchmark):
     text = make_dockerfile(INSTRUCTIONS)
     nodes = len(parse(text).nodes)
@@ -67,9 +56,9 @@ def test_parse_vs_buildkit(benchmark):
 
     result = benchmark.pedantic(lambda: parse_instructions(parse(text)), rounds=3, iterations=1, warmup_rounds=1)
     assert len(result) == nodes
-    ours_syntax = _median(lambda: parse(text))
-    ours_typed = _median(lambda: parse_instructions(parse(text)))
-    theirs = _median(lambda: buildkit.parse_string(text))
+    ours_syntax = best_of(lambda: parse(text))
+    ours_typed = best_of(lambda: parse_instructions(parse(text)))
+    theirs = best_of(lambda: buildkit.parse_string(text))
     figures = {"instructions": nodes, "snapfs_syntax_s": ours_syntax, "snapfs_typed_s": ours_typed,
                "buildkit_syntax_s": theirs, "ratio_syntax": ours_syntax / theirs, "ratio_typed": ours_typed / theirs}
     for k, v in figures.items():
