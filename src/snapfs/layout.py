@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from contextlib import contextmanager
+from typing import Iterator
 
 from .blobcache import BlobStore, file_digest, uncompressed_digest
 from .errors import InputError
@@ -22,12 +24,14 @@ INDEX_FILE = "index.json"
 _LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 
 
-def atomic_write(path: str, data: bytes) -> None:
-    directory = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+@contextmanager
+def atomic_file(path: str, *, suffix: str = "") -> Iterator:
+    """A binary file that appears at ``path`` (mode 0644, synced) only if the block completes; else nothing."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
@@ -38,6 +42,11 @@ def atomic_write(path: str, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def is_layout(path: str) -> bool:

@@ -19,6 +19,7 @@ from .compress import DigestWriter, detect
 from .errors import InputError
 from .image import (DOCKER_LAYER_GZIP, DOCKER_MANIFEST, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, OCI_LAYER,
                     OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_MANIFEST, Image, Layer, canonical_json)
+from .layout import atomic_file
 from .reference import DEFAULT_REGISTRY, Reference, digest_parts, parse_reference
 
 _SUFFIX = {OCI_LAYER: ".tar", OCI_LAYER_ZSTD: ".tar.zst"}
@@ -51,9 +52,8 @@ def write_tarball(path: str, image: Image, *, tags: Sequence[Reference | str] = 
     manifest = [{"Config": f"{config_hex}.json", "RepoTags": repo_tags, "Layers": layer_names}]
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".tar", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with atomic_file(path, suffix=".tar") as raw:
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
             tar.addfile(_info(f"{config_hex}.json", len(image.config_bytes)), io.BytesIO(image.config_bytes))
             written = set()
             for layer, name in zip(image.layers, layer_names):
@@ -67,16 +67,6 @@ def write_tarball(path: str, image: Image, *, tags: Sequence[Reference | str] = 
                     tar.addfile(_info(name, size), f)  # tarfile copies in blocks: constant memory
             data = canonical_json(manifest)
             tar.addfile(_info("manifest.json", len(data)), io.BytesIO(data))
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _member_bytes(tar: tarfile.TarFile, name: str, *, limit: int, path: str) -> bytes:
