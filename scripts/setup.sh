@@ -3,8 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PKGS=(docker-registry skopeo umoci busybox-static apache2-utils libcap2-bin attr openssl git tar
-          zstd xz-utils bzip2 debootstrap gcc)
+# Every program the tests run is in tests/toolcheck.py (checked at the start of the suite); its apt packages here.
+APT_PKGS=(docker-registry skopeo umoci buildah busybox-static apache2-utils libcap2-bin attr openssl git tar
+          zstd xz-utils bzip2 debootstrap gcc libc6-dev libseccomp2 bash coreutils e2fsprogs mount util-linux)
 missing=()
 for p in "${APT_PKGS[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
 
 from snapfs import backend as _backend
+
+sys.path.insert(0, os.path.dirname(__file__))
+from toolcheck import missing_tools, report  # noqa: E402
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -15,6 +19,12 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
         if _backend.active_name() != "compiled":
             pytest.exit("SNAPFS_REQUIRE_COMPILED=1 but the active kernel is not the compiled one", returncode=3)
+    # Every missing program at once, before the first test: not one skip (or failure) per test, deep in the run.
+    missing = missing_tools()
+    if missing and os.environ.get("SNAPFS_NO_SKIP") == "1":
+        pytest.exit(report(missing), returncode=4)
+    if missing:
+        print(f"warning: {report(missing)} (tests that need them skip)", file=sys.stderr)
 
 
 @pytest.fixture(params=["compiled", "python"])

@@ -117,9 +117,19 @@ def test_dotdot_names_are_refused(env, name):
     assert not (env.base / "escape").exists()
 
 
-def test_absolute_name_is_refused(env):
+def test_absolute_names_land_inside_the_root(env):
+    """Docker and containerd take a leading slash as the layer's root; the real path is never touched."""
     target = str(env.outside / "secret")
-    env.refused([entry(target, b"pwned")], f"{target}: absolute name is not allowed")
+    apply_layer(env.layer([entry(target, b"inside"), d("/tmp"), entry("/tmp/x", b"x"), entry("//etc//./y", b"y")]),
+                env.root)
+    assert (env.root / target.lstrip("/")).read_bytes() == b"inside"
+    assert (env.root / "tmp/x").read_bytes() == b"x" and (env.root / "etc/y").read_bytes() == b"y"
+
+
+@pytest.mark.parametrize("name", ["/../escape", "/a/../../escape", "//..//escape"])
+def test_absolute_names_climbing_out_are_refused(env, name):
+    env.refused([entry(name, b"pwned")], f"{name}: '..' in name is not allowed")
+    assert not (env.base / "escape").exists() and not os.path.lexists("/escape")
 
 
 def test_nul_and_empty_names_are_refused(env):
@@ -186,6 +196,15 @@ def test_whiteouts_through_symlinks_stay_inside(env):
     assert not os.path.lexists(env.root / "w")
 
 
+def test_removing_a_tree_unlinks_its_symlinks_and_never_follows_them(env):
+    (env.root / "t/sub/deeper").mkdir(parents=True)
+    os.symlink(env.outside, env.root / "t/sub/out")
+    os.symlink(env.outside / "secret", env.root / "t/sub/deeper/secret")
+    os.symlink("../../..", env.root / "t/sub/deeper/up")
+    apply_layer(env.layer([entry(".wh.t")]), env.root)
+    assert os.listdir(env.root) == []  # the fixture checks that nothing outside changed
+
+
 # --- hardlinks --------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("target, message", [
@@ -196,8 +215,19 @@ def test_hardlink_with_dotdot_target_is_refused(env, target, message):
     env.refused([hard("h", target)], message)
 
 
-def test_hardlink_with_absolute_target_is_refused(env):
-    env.refused([hard("h", str(env.outside / "secret"))], "h: absolute hardlink target is not allowed")
+def test_hardlink_with_absolute_target_links_inside_the_root(env):
+    apply_layer(env.layer([entry("usr/bin/b", b"busybox"), hard("usr/bin/a", "/usr/bin/b"),
+                           hard("/usr/bin/c", "//usr/bin/./b")]), env.root)
+    ino = os.lstat(env.root / "usr/bin/b").st_ino
+    assert os.lstat(env.root / "usr/bin/a").st_ino == ino == os.lstat(env.root / "usr/bin/c").st_ino
+    assert os.lstat(env.root / "usr/bin/b").st_nlink == 3
+
+
+def test_hardlink_with_absolute_target_outside_is_looked_up_inside(env):
+    target = str(env.outside / "secret")
+    env.refused([hard("h", target)], f"h: hardlink target {target.lstrip('/')} does not exist")
+    env.refused([hard("h", "/../outside/secret")], "h: '..' in hardlink target is not allowed")
+    assert os.lstat(env.outside / "secret").st_nlink == 1
 
 
 def test_hardlink_through_a_symlink_to_outside_is_resolved_inside(env):

@@ -193,3 +193,22 @@ def test_patch_with_nothing_changed_and_ignored_paths(kernel, base):
     build(base, {"skip": Dir({"f": File()})})
     patched = snapshot.patch(old, paths=["skip", "skip/f"], ignore=["skip"], kernel=kernel)
     _same_rows(old, patched, kernel)
+
+
+def test_patch_never_reads_through_a_link_that_replaced_a_directory(kernel, base, tmp_path):
+    outside = str(tmp_path / "outside")
+    build(outside, {"x": File(b"host secret"), "drop": File(b"host")})
+    old = take(base, kernel)
+    shutil.rmtree(os.path.join(base, "d"))
+    os.symlink(outside, os.path.join(base, "d"))               # d/keep, d/drop now name host files
+    patched = snapshot.patch(old, paths=["d", "d/keep", "d/drop", "d/x"], kernel=kernel)
+    _same_rows(take(base, kernel), patched, kernel)
+    assert [(c.kind, c.path) for c in diff.diff(old, patched, kernel=kernel).changes] == [("modified", "d")]
+
+
+def test_patch_of_a_path_below_a_new_file_is_gone_not_an_error(kernel, base):
+    old = take(base, kernel)
+    shutil.rmtree(os.path.join(base, "a"))
+    build(base, {"a": File(b"now a file")})
+    patched = snapshot.patch(old, paths=["a", "a/x", "a/sub", "a/sub/deep"], kernel=kernel)
+    _same_rows(take(base, kernel), patched, kernel)

@@ -512,11 +512,22 @@ def test_direct_refuses_mounts_and_network_none(tmp_path):
 def test_runner_choice(monkeypatch, caplog):
     from snapfs import sandbox
 
+    from snapfs import direct_run
+
     ic.announce_direct.cache_clear()
     monkeypatch.setattr(sandbox, "isolation_available", lambda: False)
     assert ic.runner("auto") is ic.run_direct
+    assert ic.runner("auto") is ic.run_direct
     assert ic.runner("none") is ic.run_direct
-    assert caplog.text.count(ic.DIRECT_MESSAGE) == 1  # said once
+    assert ic.runner("none") is ic.run_direct
+    # Each said once, and neither claims a container: outside the pod the step runs chrooted on this machine.
+    assert caplog.messages == [
+        "isolation not available: RUN steps run without namespaces or seccomp, chrooted into the stage root on "
+        "this machine",
+        "isolation none: RUN steps run without namespaces or seccomp, chrooted into the stage root on this machine "
+        "with the builder's capabilities less NET_RAW and MKNOD: they can reach its processes, network and kernel"]
+    assert not any("container" in m for m in caplog.messages)
+    assert direct_run.DIRECT_MESSAGE not in caplog.messages
     with pytest.raises(NotSupportedError, match="^isolation=namespaces: this process may not create"):
         ic.runner("namespaces")
     monkeypatch.setattr(sandbox, "isolation_available", lambda: True)

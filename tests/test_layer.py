@@ -224,3 +224,31 @@ def test_umoci_and_skopeo_accept_an_image_of_our_layers(tmp_path, compression):
         rootfs = tmp_path / "bundle/rootfs"
         assert sorted(os.listdir(rootfs / "etc")) == ["keep"]
         assert (rootfs / "etc/keep").read_bytes() == b"K" and os.readlink(rootfs / "bin/ls") == "sh"
+
+
+def test_content_is_never_read_through_a_link_planted_after_the_snapshot(tmp_path):
+    # The very same file (same inode) moved out of the tree and reached through a new link in its parent's
+    # place: a path-based open would pass the (dev, ino, size) check and copy it; it must not be reached.
+    d = diff_of(tmp_path, {}, {"l": Dir({"x": File(b"moved out")})})
+    outside = str(tmp_path / "outside")
+    os.rename(str(tmp_path / "new" / "l"), outside)
+    os.symlink(outside, str(tmp_path / "new" / "l"))
+    with pytest.raises(InputError, match=r"new/l/x: cannot read: No such file or directory"):
+        layer.write_layer(d, str(tmp_path / "out.tar"), compression="none")
+    assert not os.path.exists(tmp_path / "out.tar")
+
+
+def test_an_entry_below_a_symlink_is_never_put_in_a_layer(tmp_path):
+    import struct
+
+    from snapfs.errors import LayerError
+
+    d = diff_of(tmp_path, {}, {"l": Dir({"x": File(b"x")})})
+    recs = bytearray(d.new.records)
+    struct.pack_into("<I", recs, 64, 0o120777)  # forge row 0 ("l") into a symlink: its child is now below one
+    forged = snapshot.Snapshot(d.new.root, bytes(recs), d.new.names, d.new.extras, d.new.root_dev,
+                               d.new.root_ino, d.new.start_ns, d.new.racy_ns)
+    bad = changes.Diff(d.old, forged, tuple(changes.Change(c.kind, c.path, forged.entry(i), None)
+                                            for i, c in enumerate(d.changes)))
+    with pytest.raises(LayerError, match=r"^l/x: refusing a layer entry whose parent l is not a directory$"):
+        layer.plan_entries(bad)

@@ -9,14 +9,17 @@ GIL and produces three compact buffers instead of one Python object per file:
 - ``extras``: symlink targets and xattrs, only for entries that have them (``rows.encode_extra``).
 
 Entries come in component order (a depth-first walk with each directory's names sorted bytewise), so a
-directory is immediately followed by its whole subtree and two snapshots can be merged in one pass.
+directory is immediately followed by its whole subtree and two snapshots can be merged in one pass. The walk
+keeps its own stack (no recursion: a deep tree costs heap and one fd per level, never the C stack) and stops
+at ``limits.MAX_DEPTH`` levels with a one-line error.
 """
 from libc.stdint cimport int64_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, qsort, realloc
 from libc.string cimport memcmp, memcpy, strcmp, strlen
 
 from .errors import InputError
-from .rows import add_xattrs
+from .limits import MAX_DEPTH
+from .rows import add_xattrs, fd_room, long_path_xattrs, too_deep
 
 cdef extern from "<errno.h>":
     int errno
@@ -66,6 +69,7 @@ cdef extern from "<fcntl.h>" nogil:
 cdef extern from "<unistd.h>" nogil:
     ssize_t readlinkat(int dirfd, const char *path, char *buf, size_t size)
     int close(int fd)
+    int dup(int fd)
 
 cdef extern from "<dirent.h>" nogil:
     ctypedef struct DIR
@@ -106,8 +110,10 @@ DEF S_IFLNK = 0o120000
 DEF S_IFCHR = 0o020000
 DEF S_IFBLK = 0o060000
 DEF PATH_BUF = 8192
+DEF PATH_MAX = 4096
 DEF XATTR_BUF = 65536
 DEF FLAG_MOUNTPOINT = 1
+DEF TOO_DEEP = -1
 
 ctypedef struct Buf:
     char *data
@@ -123,10 +129,22 @@ ctypedef struct Walker:
     char **ignore
     size_t nignore
     size_t rootlen
-    char path[PATH_BUF]
-    int err_errno
+    size_t max_depth
+    char *path  # the current entry's full path, grown as needed (deep trees exceed PATH_MAX)
+    size_t pathcap
+    int err_errno  # TOO_DEEP: an entry nested deeper than max_depth
     char err_what[64]
     char err_path[PATH_BUF]
+
+
+# One directory on the walk's explicit stack: its fd and its sorted names, visited one at a time.
+ctypedef struct Level:
+    int fd
+    char *names
+    char **order
+    size_t n
+    size_t next
+    size_t plen
 
 
 cdef int buf_reserve(Buf *b, size_t extra) noexcept nogil:
@@ -165,7 +183,10 @@ cdef int fail(Walker *w, const char *what, int err) noexcept nogil:
     w.err_what[n] = 0
     w.err_errno = err
     n = strlen(w.path)
-    memcpy(w.err_path, w.path, n + 1)
+    if n > PATH_BUF - 1:
+        n = PATH_BUF - 1
+    memcpy(w.err_path, w.path, n)
+    w.err_path[n] = 0
     return -1
 
 
@@ -242,24 +263,27 @@ cdef ssize_t xattr_blob(const char *full, Buf *out, char *xnames, char *xval) no
     return <ssize_t> (out.len - start)
 
 
-cdef int walk_dir(Walker *w, int dfd, size_t plen) noexcept nogil:
-    """Record every entry below the directory open at ``dfd``; ``w.path[:plen]`` is its full path."""
+cdef int read_level(Walker *w, Level *L, int fd, size_t plen) noexcept nogil:
+    """Fill ``L`` with the sorted names of the directory open at ``fd`` (which ``L`` then owns)."""
     cdef DIR *d
     cdef dirent *de
     cdef Buf nbuf
-    cdef char **order = NULL
-    cdef size_t n = 0, i, off, nl, reclen
-    cdef struct_stat st
-    cdef Rec r
-    cdef char link[PATH_BUF]
-    cdef ssize_t linklen
-    cdef int cfd, rc = 0
-    cdef const char *rel
+    cdef size_t n = 0, i, off, nl
+    cdef int rfd
+    L.fd = fd
+    L.names = NULL
+    L.order = NULL
+    L.n = L.next = 0
+    L.plen = plen
     nbuf.data = NULL
     nbuf.len = nbuf.cap = 0
-    d = fdopendir(dfd)
+    # Read through a duplicate: the level keeps ``fd`` for fstatat/openat of its entries, without the
+    # stream's 32 KiB buffer, so a deep stack costs one fd and the names per level.
+    rfd = dup(fd)
+    d = fdopendir(rfd) if rfd >= 0 else NULL
     if d == NULL:
-        close(dfd)
+        if rfd >= 0:
+            close(rfd)
         return fail(w, b"opendir", errno)
     # Read the whole directory first: siblings must be visited in sorted order.
     while True:
@@ -274,28 +298,77 @@ cdef int walk_dir(Walker *w, int dfd, size_t plen) noexcept nogil:
             free(nbuf.data)
             return fail(w, b"out of memory", 12)
         n += 1
+    closedir(d)
+    L.names = nbuf.data
     if n:
-        order = <char **> malloc(n * sizeof(char *))
-        if order == NULL:
-            closedir(d)
-            free(nbuf.data)
+        L.order = <char **> malloc(n * sizeof(char *))
+        if L.order == NULL:
             return fail(w, b"out of memory", 12)
         off = 0
         for i in range(n):
-            order[i] = nbuf.data + off
+            L.order[i] = nbuf.data + off
             off += strlen(nbuf.data + off) + 1
-        qsort(order, n, sizeof(char *), cmp_cstr)
-    for i in range(n):
-        nl = strlen(order[i])
-        if plen + 1 + nl + 1 >= PATH_BUF:
-            rc = fail(w, b"path too long", 36)
-            break
-        w.path[plen] = 47  # '/'
-        memcpy(w.path + plen + 1, order[i], nl + 1)
+        qsort(L.order, n, sizeof(char *), cmp_cstr)
+    L.n = n
+    return 0
+
+
+cdef void drop_level(Level *L) noexcept nogil:
+    close(L.fd)
+    free(L.order)
+    free(L.names)
+
+
+cdef int walk_tree(Walker *w, int rootfd) noexcept nogil:
+    """Record every entry below the directory open at ``rootfd``, depth first with sorted siblings.
+
+    Iterative, with an explicit stack of at most ``max_depth + 1`` levels: no recursion, so a deep tree
+    costs heap memory and one fd per level, and one deeper than ``max_depth`` is refused (TOO_DEEP)."""
+    cdef Level *stack = <Level *> malloc((w.max_depth + 1) * sizeof(Level))
+    cdef Level *L
+    cdef size_t depth = 0, nl, reclen, need
+    cdef struct_stat st
+    cdef Rec r
+    cdef char link[PATH_BUF]
+    cdef ssize_t linklen
+    cdef int cfd, rc = 0
+    cdef const char *name
+    cdef const char *rel
+    cdef char *grown
+    if stack == NULL:
+        close(rootfd)
+        return fail(w, b"out of memory", 12)
+    if read_level(w, &stack[0], rootfd, w.rootlen) < 0:
+        drop_level(&stack[0])
+        free(stack)
+        return -1
+    depth = 1
+    while depth:
+        L = &stack[depth - 1]
+        if L.next == L.n:
+            drop_level(L)
+            depth -= 1
+            continue
+        name = L.order[L.next]
+        L.next += 1
+        nl = strlen(name)
+        need = L.plen + 1 + nl + 1
+        if need > w.pathcap:
+            grown = <char *> realloc(w.path, need * 2)
+            if grown == NULL:
+                rc = fail(w, b"out of memory", 12)
+                break
+            w.path = grown
+            w.pathcap = need * 2
+        w.path[L.plen] = 47  # '/'
+        memcpy(w.path + L.plen + 1, name, nl + 1)
         rel = w.path + w.rootlen + 1
         if w.nignore and ignored(w, rel):
             continue
-        if fstatat(dirfd(d), order[i], &st, AT_SYMLINK_NOFOLLOW) < 0:
+        if depth > w.max_depth:
+            rc = fail(w, b"too deep", TOO_DEEP)
+            break
+        if fstatat(L.fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0:
             if errno == ENOENT:
                 continue  # vanished while we walked: it is simply not in this snapshot
             rc = fail(w, b"stat", errno)
@@ -314,47 +387,51 @@ cdef int walk_dir(Walker *w, int dfd, size_t plen) noexcept nogil:
         r.reserved = 0
         r.extra_off = 0
         r.extra_len = 0
-        reclen = plen + 1 + nl - w.rootlen - 1
+        reclen = L.plen + 1 + nl - w.rootlen - 1
         r.name_off = w.names.len
         r.name_len = <uint32_t> reclen
         if buf_put(&w.names, rel, reclen) < 0:
             rc = fail(w, b"out of memory", 12)
             break
-        linklen = -1
         if S_ISLNK(st.st_mode):
-            linklen = readlinkat(dirfd(d), order[i], link, PATH_BUF)
+            linklen = readlinkat(L.fd, name, link, PATH_BUF)
             if linklen < 0:
                 rc = fail(w, b"readlink", errno)
                 break
-        if linklen >= 0 and put_link(w, link, linklen, &r) < 0:
-            rc = -1
-            break
+            if put_link(w, link, linklen, &r) < 0:
+                rc = -1
+                break
         if S_ISDIR(st.st_mode) and w.one_fs and st.st_dev != w.root_dev:
             r.flags = FLAG_MOUNTPOINT
         if buf_put(&w.recs, &r, sizeof(Rec)) < 0:
             rc = fail(w, b"out of memory", 12)
             break
         if S_ISDIR(st.st_mode) and r.flags == 0:
-            cfd = openat(dirfd(d), order[i], O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            cfd = openat(L.fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             if cfd < 0:
                 if errno == ENOENT:
                     continue
                 rc = fail(w, b"open directory", errno)
                 break
-            if walk_dir(w, cfd, plen + 1 + nl) < 0:
+            # depth <= max_depth here, so the stack has room for this level.
+            if read_level(w, &stack[depth], cfd, L.plen + 1 + nl) < 0:
+                drop_level(&stack[depth])
                 rc = -1
                 break
-    closedir(d)
-    free(order)
-    free(nbuf.data)
+            depth += 1
+    while depth:
+        depth -= 1
+        drop_level(&stack[depth])
+    free(stack)
     return rc
 
 
-def walk(root, *, one_fs=True, ignore=(), xattrs=True):
+def walk(root, *, one_fs=True, ignore=(), xattrs=True, max_depth=MAX_DEPTH):
     """Walk ``root`` (never following symlinks) and return ``(records, names, extras, root_dev, root_ino)``.
 
     ``ignore`` holds paths relative to the root (no leading slash) whose entries and subtrees are skipped.
     With ``one_fs`` a directory on another device is recorded (flagged as a mount point) but not entered.
+    An entry more than ``max_depth`` components below the root is an InputError naming the path's start.
     """
     cdef Walker *w
     cdef bytes broot = root.encode("utf-8", "surrogateescape") if isinstance(root, str) else bytes(root)
@@ -364,8 +441,9 @@ def walk(root, *, one_fs=True, ignore=(), xattrs=True):
     cdef int fd, rc
     cdef size_t i
     broot = broot.rstrip(b"/") or b"/"
-    if len(broot) + 2 >= PATH_BUF:
-        raise InputError(f"{root}: path too long")
+    if max_depth < 1:
+        raise ValueError("max_depth must be at least 1")
+    fd_room(max_depth)
     w = <Walker *> malloc(sizeof(Walker))
     if w == NULL:
         raise MemoryError()
@@ -375,7 +453,12 @@ def walk(root, *, one_fs=True, ignore=(), xattrs=True):
     w.ignore = NULL
     w.nignore = len(ign)
     w.one_fs = 1 if one_fs else 0
+    w.max_depth = max_depth
+    w.pathcap = len(broot) + PATH_BUF
+    w.path = <char *> malloc(w.pathcap)
     try:
+        if w.path == NULL:
+            raise MemoryError()
         if w.nignore:
             w.ignore = <char **> malloc(w.nignore * sizeof(char *))
             for i in range(w.nignore):
@@ -390,8 +473,10 @@ def walk(root, *, one_fs=True, ignore=(), xattrs=True):
         fstat(fd, &st)
         w.root_dev = st.st_dev
         with nogil:
-            rc = walk_dir(w, fd, w.rootlen)
+            rc = walk_tree(w, fd)
         if rc < 0:
+            if w.err_errno == TOO_DEEP:
+                raise too_deep(broot, w.path[w.rootlen + 1:strlen(w.path)], max_depth)
             what = w.err_what.decode()
             path = w.err_path.decode("utf-8", "surrogateescape")
             raise InputError(f"{path}: {what} failed: {_strerror(w.err_errno)}")
@@ -403,6 +488,7 @@ def walk(root, *, one_fs=True, ignore=(), xattrs=True):
         free(w.names.data)
         free(w.extras.data)
         free(w.ignore)
+        free(w.path)
         free(w)
     if xattrs:
         recs, extras = add_xattrs(broot, recs, names, extras, scan=_xattr_range)
@@ -426,8 +512,12 @@ def _xattr_range(broot, const unsigned char[:] recs, const unsigned char[:] name
     cdef uint32_t ft
     cdef uint64_t *found = NULL
     cdef size_t nfound = 0, capfound = 0
+    cdef Buf longs
+    cdef uint64_t v
     cdef int err = 0
     cdef list res = []
+    longs.data = NULL
+    longs.len = longs.cap = 0
     out.data = NULL
     out.len = out.cap = 0
     if full == NULL or xnames == NULL or xval == NULL:
@@ -441,7 +531,12 @@ def _xattr_range(broot, const unsigned char[:] recs, const unsigned char[:] name
                 ft = rb[i].mode & S_IFMT
                 if ft != S_IFREG and ft != S_IFDIR:
                     continue
-                if plen + 1 + rb[i].name_len + 1 >= PATH_BUF:
+                if plen + 1 + rb[i].name_len + 1 >= PATH_MAX:
+                    # Too long for a path syscall: read below through directory fds, after this loop.
+                    v = i
+                    if buf_put(&longs, &v, 8) < 0:
+                        err = 12
+                        break
                     continue
                 memcpy(full + plen + 1, nb + rb[i].name_off, rb[i].name_len)
                 full[plen + 1 + rb[i].name_len] = 0
@@ -466,9 +561,15 @@ def _xattr_range(broot, const unsigned char[:] recs, const unsigned char[:] name
         for i in range(0, nfound, 2):
             res.append((found[i], out.data[k:k + found[i + 1]]))
             k += found[i + 1]
+        if longs.len:
+            idx = []
+            for i in range(0, longs.len, 8):
+                memcpy(&v, longs.data + i, 8)
+                idx.append(<Py_ssize_t> v)
+            res = sorted(res + long_path_xattrs(broot, recs, names, idx))
         return res
     finally:
-        free(full); free(xnames); free(xval); free(out.data); free(found)
+        free(full); free(xnames); free(xval); free(out.data); free(found); free(longs.data)
 
 
 def _strerror(int err):

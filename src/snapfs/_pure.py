@@ -10,10 +10,13 @@ import os
 import stat
 
 from .errors import InputError
-from .rows import FLAG_MOUNTPOINT, RECORD, add_xattrs, encode_extra, path_key
+from .limits import MAX_DEPTH
+from .rows import (FLAG_MOUNTPOINT, RECORD, add_xattrs, encode_extra, fd_room, long_path_xattrs, path_key,
+                   too_deep)
 
 _KEEP_PREFIX = b"user."
 _KEEP_EXACT = b"security.capability"
+_PATH_MAX = 4096
 
 
 def _xattrs(full: bytes) -> list[tuple[bytes, bytes]]:
@@ -35,48 +38,75 @@ def _xattrs(full: bytes) -> list[tuple[bytes, bytes]]:
     return out
 
 
-def walk(root, *, one_fs=True, ignore=(), xattrs=True):
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def walk(root, *, one_fs=True, ignore=(), xattrs=True, max_depth=MAX_DEPTH):
     """See ``snapfs._fast.walk``."""
     broot = os.fsencode(root).rstrip(b"/") or b"/"
     ign = {os.fsencode(p) for p in ignore}
     recs, names, extras = bytearray(), bytearray(), bytearray()
+    if max_depth < 1:
+        raise ValueError("max_depth must be at least 1")
+    fd_room(max_depth)
     try:
-        st = os.stat(broot)
-        if not stat.S_ISDIR(st.st_mode):
-            raise NotADirectoryError(errno.ENOTDIR, "Not a directory")
+        fd = os.open(broot, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise InputError(f"{root}: cannot open directory: {os.strerror(exc.errno)}") from None
+    st = os.fstat(fd)
     root_dev, prefix = st.st_dev, (b"" if broot == b"/" else broot)
 
-    def visit(rel_dir: bytes) -> None:
-        full_dir = prefix + b"/" + rel_dir if rel_dir else prefix or b"/"
+    def fail(rel: bytes, what: str, exc: OSError) -> InputError:
+        return InputError(f"{os.fsdecode(prefix + b'/' + rel)}: {what} failed: {os.strerror(exc.errno)}")
+
+    def level(dfd: int, rel_dir: bytes) -> list:
+        """[fd, rel_dir, sorted names, next index]: one directory on the explicit stack (no recursion)."""
         try:
-            children = sorted(os.listdir(full_dir))
+            # Bytewise order, as the compiled walker sorts (str order differs for undecodable names).
+            return [dfd, rel_dir, sorted(os.fsencode(n) for n in os.listdir(dfd)), 0]
         except OSError as exc:
-            if exc.errno == errno.ENOENT and rel_dir:
-                return
-            raise InputError(f"{full_dir.decode('utf-8', 'surrogateescape')}: open directory failed: "
-                             f"{os.strerror(exc.errno)}") from None
-        for name in children:
+            os.close(dfd)
+            raise fail(rel_dir, "opendir", exc) from None
+
+    stack = [level(fd, b"")]
+    try:
+        while stack:
+            top = stack[-1]
+            dfd, rel_dir, children, k = top
+            if k == len(children):
+                os.close(stack.pop()[0])
+                continue
+            top[3] = k + 1
+            name = children[k]
             rel = rel_dir + b"/" + name if rel_dir else name
             if rel in ign:
                 continue
-            full = prefix + b"/" + rel
+            if len(stack) > max_depth:
+                raise too_deep(broot, rel, max_depth)
             try:
-                s = os.lstat(full)
+                s = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            extra = encode_extra(os.readlink(full), []) if stat.S_ISLNK(s.st_mode) else b""
+            except OSError as exc:
+                raise fail(rel, "stat", exc) from None
+            extra = encode_extra(os.readlink(name, dir_fd=dfd), []) if stat.S_ISLNK(s.st_mode) else b""
             flags = FLAG_MOUNTPOINT if stat.S_ISDIR(s.st_mode) and one_fs and s.st_dev != root_dev else 0
             recs.extend(RECORD.pack(s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino, s.st_dev, s.st_rdev,
-                                len(names), len(extras) if extra else 0, s.st_mode, s.st_uid, s.st_gid,
-                                s.st_nlink, len(rel), len(extra), flags, 0))
+                                    len(names), len(extras) if extra else 0, s.st_mode, s.st_uid, s.st_gid,
+                                    s.st_nlink, len(rel), len(extra), flags, 0))
             names.extend(rel)
             extras.extend(extra)
             if stat.S_ISDIR(s.st_mode) and not flags:
-                visit(rel)  # depth-first: a directory's subtree follows it immediately
-
-    visit(b"")
+                try:
+                    cfd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    raise fail(rel, "open directory", exc) from None
+                stack.append(level(cfd, rel))  # depth-first: a directory's subtree follows it immediately
+    finally:
+        for lv in stack:
+            os.close(lv[0])
     recs, names, extras = bytes(recs), bytes(names), bytes(extras)
     if xattrs:
         recs, extras = add_xattrs(broot, recs, names, extras, scan=_xattr_range)
@@ -86,11 +116,14 @@ def walk(root, *, one_fs=True, ignore=(), xattrs=True):
 def _xattr_range(broot: bytes, recs: bytes, names: bytes, lo: int, hi: int) -> list[tuple[int, bytes]]:
     """See ``snapfs._fast._xattr_range``: kept xattrs of regular files and directories in ``[lo, hi)``."""
     prefix = b"" if broot == b"/" else broot
-    out = []
+    out, longs = [], []
     for i in range(lo, hi):
         t = RECORD.unpack_from(recs, i * RECORD.size)
         mode, noff, nlen = t[8], t[6], t[12]
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            continue
+        if len(prefix) + 1 + nlen + 1 >= _PATH_MAX:
+            longs.append(i)  # too long for a path syscall: read through directory fds below
             continue
         full = prefix + b"/" + names[noff:noff + nlen]
         try:
@@ -99,6 +132,8 @@ def _xattr_range(broot: bytes, recs: bytes, names: bytes, lo: int, hi: int) -> l
             raise InputError(f"{os.fsdecode(full)}: listing xattrs failed: {os.strerror(exc.errno)}") from None
         if found:
             out.append((i, encode_extra(b"", found)))
+    if longs:
+        out = sorted(out + long_path_xattrs(broot, recs, names, longs))
     return out
 
 

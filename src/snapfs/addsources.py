@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from .apply import apply_layer
 from .copier import Source
 from .errors import BuildError
+from .redact import redact_url
 from .rootfs import RootFS
 
 MAX_DOWNLOAD = 16 << 30
@@ -44,7 +45,10 @@ def is_git(src: str) -> bool:
         return True
     if src.startswith("git://"):
         return True
-    path = urlsplit(src).path if is_url(src) else ""
+    try:
+        path = urlsplit(src).path if is_url(src) else ""
+    except ValueError:  # not a URL Python can split (e.g. "http://[::1"): download() says so
+        return False
     return is_url(src) and (path.endswith(".git") or ".git#" in src)
 
 
@@ -73,15 +77,18 @@ def download(url: str, staging: str, *, checksum: str | None, name: str | None =
     """Fetch ``url`` into ``staging``; returns the file path (named after the URL's last path segment)."""
     import httpx
 
-    base = name or posixpath.basename(urlsplit(url).path.rstrip("/")) or "index.html"
+    shown = redact_url(url)
+    try:
+        base = name or posixpath.basename(urlsplit(url).path.rstrip("/")) or "index.html"
+    except ValueError as exc:
+        raise BuildError(f"ADD {shown}: invalid URL: {exc}") from None
     path = os.path.join(staging, base)
     algo, _, want = (checksum or "").partition(":")
     if checksum and algo not in ("sha256", "sha384", "sha512"):
         raise BuildError(f"ADD --checksum={checksum}: unsupported digest algorithm {algo!r}")
     h = hashlib.new(algo) if checksum else None
-    shown = _redact(url)
     try:
-        with httpx.stream("GET", url, follow_redirects=True, timeout=60.0) as resp:
+        with httpx.stream("GET", wire_url(url), follow_redirects=True, timeout=60.0) as resp:
             if resp.status_code != 200:
                 raise BuildError(f"ADD {shown}: HTTP {resp.status_code}")
             size = 0
@@ -96,6 +103,8 @@ def download(url: str, staging: str, *, checksum: str | None, name: str | None =
             modified = resp.headers.get("last-modified")
     except httpx.HTTPError as exc:
         raise BuildError(f"ADD {shown}: download failed: {type(exc).__name__}") from None
+    except (httpx.InvalidURL, ValueError) as exc:
+        raise BuildError(f"ADD {shown}: invalid URL: {redact_url(str(exc))}") from None
     if h is not None and h.hexdigest() != want:
         raise BuildError(f"ADD {shown}: checksum mismatch: expected {checksum}, got {algo}:{h.hexdigest()}")
     os.chmod(path, 0o600)
@@ -104,6 +113,14 @@ def download(url: str, staging: str, *, checksum: str | None, name: str | None =
         ts = int(when.timestamp())
         os.utime(path, (ts, ts))
     return path
+
+
+def wire_url(url: str) -> str:
+    """``url`` as sent: bytes that are not UTF-8 (a Dockerfile read with ``surrogateescape``) percent-encoded, as
+    Go's ``net/url`` sends them; any other URL unchanged."""
+    if not any("\udc80" <= c <= "\udcff" for c in url):
+        return url
+    return "".join(chr(b) if b < 0x80 else f"%{b:02X}" for b in url.encode("utf-8", "surrogateescape"))
 
 
 def clone(url: str, staging: str, *, keep_git_dir: bool) -> str:
@@ -116,12 +133,12 @@ def clone(url: str, staging: str, *, keep_git_dir: bool) -> str:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_TERMINAL_PROMPT": "0", "HOME": staging}
     r = subprocess.run(cmd + ["--", repo, dest], capture_output=True, text=True, env=env)
     if r.returncode != 0:
-        raise BuildError(f"ADD {_redact(repo)}: git clone failed: {_last_line(r.stderr)}")
+        raise BuildError(f"ADD {redact_url(repo)}: git clone failed: {_last_line(r.stderr)}")
     if ref and _is_sha(ref):
         for args in (["fetch", "--depth", "1", "origin", ref], ["checkout", "--quiet", ref]):
             r = subprocess.run(["git", "-C", dest, *args], capture_output=True, text=True, env=env)
             if r.returncode != 0:
-                raise BuildError(f"ADD {_redact(repo)}#{ref}: {_last_line(r.stderr)}")
+                raise BuildError(f"ADD {redact_url(repo)}#{ref}: {_last_line(r.stderr)}")
     if not keep_git_dir:
         shutil.rmtree(os.path.join(dest, ".git"), ignore_errors=True)
     return dest
@@ -142,18 +159,7 @@ def _is_sha(ref: str) -> bool:
 
 def _last_line(text: str) -> str:
     lines = [l for l in text.strip().splitlines() if l.strip()]
-    return _redact(lines[-1]) if lines else "unknown error"
-
-
-def _redact(text: str) -> str:
-    """URLs may carry user:token; never print them."""
-    parts = urlsplit(text) if "://" in text else None
-    if parts and (parts.username or parts.password):
-        host = parts.hostname or ""
-        if parts.port:
-            host += f":{parts.port}"
-        return parts._replace(netloc=f"***@{host}").geturl()
-    return text
+    return redact_url(lines[-1]) if lines else "unknown error"
 
 
 def local_source_path(context: Source, pattern: str) -> str | None:

@@ -5,9 +5,13 @@ hashed on the way so the diff_id comes for free. ``tarfile`` is used only to par
 every path is resolved by :class:`snapfs.rootfs.RootFS`, so symlinks planted by earlier layers cannot lead
 outside the root, and nothing is ever created, changed or removed through a symlink.
 
-Hostile or broken layers stop with one line, ``LayerError("<layer>: <entry>: <reason>")``: ``..`` or absolute
-names, hardlinks to nowhere or to directories, malformed whiteouts, a root entry that is not a directory, bad
-device numbers, corrupt or truncated tars and decompression bombs. Names are never "cleaned" into something else.
+Absolute names (``/usr/bin/x``) and absolute hardlink targets are taken relative to the root, as Docker and
+containerd do. Hostile or broken layers stop with one line, ``LayerError("<layer>: <entry>: <reason>")``: names
+with a ``..`` component, hardlinks to nowhere or to directories, malformed whiteouts, a root entry that is not a
+directory, bad device numbers, negative sizes, corrupt or truncated tars, entries deeper than
+:data:`snapfs.limits.MAX_DEPTH`, and layers past their caps (decompression bombs, sparse files claiming more
+than the cap: see :mod:`snapfs.tarstream`). An entry refused by a cap is refused before anything of it is
+written, and a file whose data fails half-way is removed. Names are never "cleaned" into something else.
 
 Whiteouts follow the OCI image spec: ``<dir>/.wh.<name>`` deletes ``<dir>/<name>`` from the lower layers and
 ``<dir>/.wh..wh..opq`` hides everything the lower layers had in ``<dir>``. Both apply only to lower layers, so
@@ -21,12 +25,10 @@ follow the final component: chown first (it clears setuid bits), then chmod, the
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import stat
 import tarfile
-from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -34,12 +36,13 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 
 from .compress import open_decompressed
 from .errors import InputError, LayerError
+from .limits import MAX_LAYER_BYTES, MAX_LAYER_ENTRIES
 from .rootfs import RootFS, lstat_at, open_dir_at, remove_at
+from .tarstream import Budget, HashingSource, Refused, check_end, display, members, open_tar, write_data
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BYTES = 64 << 30  # uncompressed; far above real layers, far below a full disk
-CHUNK = 1 << 20
+DEFAULT_MAX_BYTES = MAX_LAYER_BYTES  # see snapfs.limits for why
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 # aufs bookkeeping that old Docker layers carry; Docker skips them (and everything beneath them).
@@ -47,6 +50,7 @@ AUFS_METADATA = frozenset({".wh..wh.plnk", ".wh..wh.aufs", ".wh..wh.orph"})
 MAX_DEV_MAJOR = (1 << 12) - 1  # Linux dev_t: 12-bit major, 20-bit minor
 MAX_DEV_MINOR = (1 << 20) - 1
 _XATTR_PREFIX = "SCHILY.xattr."
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 OnEntry = Callable[[str, tarfile.TarInfo], None]
@@ -63,33 +67,32 @@ class ApplyStats:
     diff_id: str
 
 
-class _Refused(Exception):
-    """A reason to refuse the current entry; turned into a LayerError naming the layer and the entry."""
-
-
 def apply_layer(layer: str | os.PathLike | BinaryIO, root: str | os.PathLike | RootFS, *,
-                max_bytes: int | None = DEFAULT_MAX_BYTES, same_owner: bool | None = None,
-                on_entry: OnEntry | None = None, keep: tuple[str, ...] = ()) -> ApplyStats:
+                max_bytes: int | None = DEFAULT_MAX_BYTES, max_entries: int | None = MAX_LAYER_ENTRIES,
+                same_owner: bool | None = None, on_entry: OnEntry | None = None,
+                keep: tuple[str, ...] = ()) -> ApplyStats:
     """Extract one layer (a path or a binary file object; gzip, zstd, bzip2, xz or plain) onto ``root``.
 
     ``same_owner`` (default: running as root) applies the headers' numeric uid/gid (names are ignored).
     ``on_entry(path, tarinfo)`` is called after each entry is applied, whiteouts included, with the normalized
     path relative to the root ("" for the root); skipped entries (aufs metadata, unknown types) are not reported.
-    ``max_bytes`` caps the uncompressed size (None: no cap). ``keep`` lists paths (relative to the root) the
-    layer must leave alone, as when unpacking over a container's own root: entries at or below them are
-    skipped, whiteouts and opaque directories spare them, and a non-directory never replaces a directory that
-    holds one of them.
+    ``max_bytes`` caps the uncompressed size, sparse files counted at their apparent size, and ``max_entries``
+    the number of entries (None: no cap; the defaults and why are in :mod:`snapfs.limits`). ``keep`` lists
+    paths (relative to the root) the layer must leave alone, as when unpacking over a container's own root:
+    entries at or below them are skipped, whiteouts and opaque directories spare them, and a non-directory
+    never replaces a directory that holds one of them.
     """
     if same_owner is None:
         same_owner = os.geteuid() == 0
     with _open_layer(layer) as (fileobj, what), _open_root(root) as rootfs:
-        source = _HashingSource(open_decompressed(fileobj, max_bytes=max_bytes, what=what), what)
-        applier = _Applier(rootfs, what=what, same_owner=same_owner, on_entry=on_entry, keep=keep)
-        tar = _open_tar(source, what)
+        source = HashingSource(open_decompressed(fileobj, max_bytes=max_bytes, what=what), what)
+        budget = Budget(max_bytes=max_bytes, max_entries=max_entries)
+        applier = _Applier(rootfs, what=what, same_owner=same_owner, on_entry=on_entry, keep=keep, budget=budget)
+        tar = open_tar(source, what)
         if tar is not None:
-            for tarinfo in _members(tar, what):
+            for tarinfo in members(tar, source, what):
                 applier.apply(tarinfo, tar)
-            _check_end(tar, source, what)
+            check_end(tar, source, what)
         applier.finish()
         source.drain()
         return ApplyStats(entries=applier.entries, whiteouts=applier.whiteouts, bytes=source.total,
@@ -133,108 +136,30 @@ def _open_root(root) -> Iterator[RootFS]:
         yield rootfs
 
 
-class _HashingSource:
-    """The uncompressed tar bytes: hashed and counted as tarfile reads them. The last few reads are kept so
-    the block where tarfile stopped can be inspected (tarfile silently treats a corrupt or truncated header
-    after the first member as the end of the archive)."""
-
-    def __init__(self, reader: BinaryIO, what: str) -> None:
-        self._reader, self._what = reader, what
-        self._sha = hashlib.sha256()
-        self._tail: deque[tuple[int, bytes]] = deque(maxlen=4)
-        self.total = 0
-        self.eof = False
-
-    def read(self, size: int = CHUNK) -> bytes:
-        try:
-            data = self._reader.read(size if size is not None and size >= 0 else CHUNK)
-        except LayerError:
-            raise
-        except Exception as exc:  # whatever a decompressor raises is about the data (or the disk under it)
-            raise LayerError(f"{self._what}: corrupt or truncated compressed data: {exc}") from None
-        if not data:
-            self.eof = True
-            return b""
-        self._sha.update(data)
-        self._tail.append((self.total, data))
-        self.total += len(data)
-        return data
-
-    def window(self, offset: int, size: int) -> bytes | None:
-        """Bytes at [offset, offset+size) if the recent reads cover them (clipped at the end of data)."""
-        if not self._tail or offset < self._tail[0][0]:
-            return None
-        joined = b"".join(chunk for _, chunk in self._tail)
-        start = offset - self._tail[0][0]
-        return joined[start:start + size]
-
-    def drain(self) -> None:
-        """Read (and hash) what follows the end-of-archive marker: the diff_id covers the whole stream."""
-        while self.read(CHUNK):
-            pass
-
-    @property
-    def diff_id(self) -> str:
-        return "sha256:" + self._sha.hexdigest()
-
-
-def _open_tar(source: _HashingSource, what: str) -> tarfile.TarFile | None:
-    try:
-        return tarfile.open(fileobj=source, mode="r|", encoding="utf-8", errors="surrogateescape")
-    except tarfile.ReadError as exc:
-        if source.total == 0 and source.eof:
-            return None  # a zero-byte layer is an empty layer, as Docker treats it
-        raise LayerError(f"{what}: not a valid tar: {exc}") from None
-    except tarfile.TarError as exc:
-        raise LayerError(f"{what}: not a valid tar: {exc}") from None
-
-
-def _members(tar: tarfile.TarFile, what: str) -> Iterator[tarfile.TarInfo]:
-    while True:
-        try:
-            tarinfo = tar.next()
-        except tarfile.TarError as exc:
-            raise LayerError(f"{what}: corrupt or truncated tar at offset {tar.offset}: {exc}") from None
-        if tarinfo is None:
-            return
-        tar.members.clear()  # streaming: tarfile would otherwise keep every header of the layer in memory
-        yield tarinfo
-
-
-def _check_end(tar: tarfile.TarFile, source: _HashingSource, what: str) -> None:
-    """The archive must end at a zero block or exactly at a header boundary, not in a broken header."""
-    block = source.window(tar.offset, tarfile.BLOCKSIZE)
-    if block is None or (not block and source.eof):
-        return
-    if len(block) < tarfile.BLOCKSIZE:
-        raise LayerError(f"{what}: truncated tar: the stream ends inside the header at offset {tar.offset}")
-    if block.count(0) != len(block):
-        raise LayerError(f"{what}: corrupt tar header at offset {tar.offset}")
-
-
 # --- names ---------------------------------------------------------------------------------------------------
 
 def _normalize(name: str, *, what: str = "name") -> str:
-    """A tar name as a relative path ("" for the root); ``..``, absolute, empty or NUL names are refused."""
+    """A tar name as a path relative to the root ("" for the root itself); an absolute name is taken relative
+    to the root, as Docker and containerd take it. Names with ``..``, empty or NUL names are refused."""
     if not name:
-        raise _Refused(f"empty {what}")
+        raise Refused(f"empty {what}")
     if "\x00" in name:
-        raise _Refused(f"{what} contains a NUL byte")
-    if name.startswith("/"):
-        raise _Refused(f"absolute {what} is not allowed")
-    parts = [p for p in name.split("/") if p and p != "."]
+        raise Refused(f"{what} contains a NUL byte")
+    parts = name.split("/")
+    if "" in parts or "." in parts:
+        parts = [p for p in parts if p and p != "."]
     if ".." in parts:
-        raise _Refused(f"'..' in {what} is not allowed")
+        raise Refused(f"'..' in {what} is not allowed")
     return "/".join(parts)
-
-
-def _display(name: str) -> str:
-    """A name fit for a one-line message: control characters (or an empty name) are shown quoted."""
-    return name if name and name.isprintable() else repr(name)
 
 
 def _join(parent: str, name: str) -> str:
     return f"{parent}/{name}" if parent else name
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
 
 
 # --- applying ------------------------------------------------------------------------------------------------
@@ -243,8 +168,9 @@ class _Applier:
     """Applies the entries of one layer; remembers what this layer wrote so whiteouts spare it."""
 
     def __init__(self, root: RootFS, *, what: str, same_owner: bool, on_entry: OnEntry | None,
-                 keep: tuple[str, ...] = ()) -> None:
+                 keep: tuple[str, ...] = (), budget: Budget | None = None) -> None:
         self.root, self.what, self.same_owner, self.on_entry = root, what, same_owner, on_entry
+        self.budget = budget or Budget(max_bytes=None, max_entries=None)
         self.written: set[str] = set()
         self.above_written: set[str] = set()  # strict ancestors of written paths
         self.dir_mtimes: dict[str, int] = {}
@@ -258,15 +184,16 @@ class _Applier:
     def apply(self, ti: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         try:
             path = _normalize(ti.name)
+            self.budget.charge(ti, tar, path)
             applied = self._apply(path, ti, tar)
-        except _Refused as exc:
-            raise LayerError(f"{self.what}: {_display(ti.name)}: {exc}") from None
+        except Refused as exc:
+            raise LayerError(f"{self.what}: {display(ti.name)}: {exc}") from None
         except tarfile.TarError as exc:
-            raise LayerError(f"{self.what}: {_display(ti.name)}: corrupt or truncated tar data: {exc}") from None
+            raise LayerError(f"{self.what}: {display(ti.name)}: corrupt or truncated tar data: {exc}") from None
         except OSError as exc:
-            raise LayerError(f"{self.what}: {_display(ti.name)}: {exc.strerror or exc}") from None
+            raise LayerError(f"{self.what}: {display(ti.name)}: {exc.strerror or exc}") from None
         except (ValueError, OverflowError) as exc:
-            raise LayerError(f"{self.what}: {_display(ti.name)}: invalid header value: {exc}") from None
+            raise LayerError(f"{self.what}: {display(ti.name)}: invalid header value: {exc}") from None
         if applied and self.on_entry is not None:
             self.on_entry(path, ti)  # outside the try: the caller's errors are not the layer's
 
@@ -276,8 +203,8 @@ class _Applier:
         if parts[0] in AUFS_METADATA or parts[-1] in AUFS_METADATA:
             log.debug("%s: skipping aufs metadata %s", self.what, path)
             return False
-        if any(p.startswith(WHITEOUT_PREFIX) for p in parts[:-1]):
-            raise _Refused("a whiteout name cannot be a directory")
+        if "/" + WHITEOUT_PREFIX in "/" + path.rpartition("/")[0]:  # a parent component named .wh.*
+            raise Refused("a whiteout name cannot be a directory")
         if self.keep and self._kept(path, ti):
             return False
         if parts[-1].startswith(WHITEOUT_PREFIX):
@@ -344,10 +271,10 @@ class _Applier:
             self._prune(parent)
             return
         if base.startswith(WHITEOUT_PREFIX + WHITEOUT_PREFIX):
-            raise _Refused(f"unsupported whiteout {base!r}")
+            raise Refused(f"unsupported whiteout {base!r}")
         victim = base[len(WHITEOUT_PREFIX):]
         if victim in ("", ".", ".."):
-            raise _Refused(f"invalid whiteout {base!r}: it must name an entry")
+            raise Refused(f"invalid whiteout {base!r}: it must name an entry")
         path = _join(parent, victim)
         if path in self.written:
             return  # whiteouts only hide lower layers
@@ -368,35 +295,46 @@ class _Applier:
             if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                 return  # no directory there (or a symlink): nothing of the lower layers to hide
             raise
+        # Depth first without recursion, holding one fd: back up through "..", checked against the identity
+        # recorded on the way down. Frames: ((st_dev, st_ino), path, names not yet looked at).
+        frames: list = [(_identity(fd), dir_path, None)]
         try:
-            self._prune_fd(fd, dir_path)
+            while frames:
+                ident, prefix, names = frames[-1]
+                if names is None:
+                    names = iter(os.listdir(fd))
+                    frames[-1] = (ident, prefix, names)
+                name = next(names, None)
+                if name is None:
+                    frames.pop()
+                    if frames:
+                        parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+                        os.close(fd)
+                        fd = parent
+                        if _identity(fd) != frames[-1][0]:
+                            raise OSError(errno.EBUSY, "directory moved while it was being pruned", prefix)
+                    continue
+                path = _join(prefix, name)
+                if path in self.keep:
+                    continue  # a kept path is not the layer's to hide, nor anything below it
+                if path not in self.written and path not in self.above_written:
+                    self._remove(fd, name)
+                    continue
+                try:
+                    child = open_dir_at(fd, name)
+                except OSError:
+                    continue  # this layer's own non-directory: kept
+                os.close(fd)
+                fd = child  # a directory this layer wrote still hides lower contents
+                frames.append((_identity(fd), path, None))
         finally:
             os.close(fd)
-
-    def _prune_fd(self, fd: int, prefix: str) -> None:
-        with os.scandir(fd) as it:
-            names = [entry.name for entry in it]
-        for name in names:
-            path = _join(prefix, name)
-            if path in self.keep:
-                continue  # a kept path is not the layer's to hide, nor anything below it
-            if path not in self.written and path not in self.above_written:
-                self._remove(fd, name)
-                continue
-            try:
-                child = open_dir_at(fd, name)
-            except OSError:
-                continue  # this layer's own non-directory: kept
-            try:
-                self._prune_fd(child, path)  # a directory this layer wrote still hides lower contents
-            finally:
-                os.close(child)
 
     # entries
 
     def _root_entry(self, ti: tarfile.TarInfo) -> None:
         if not ti.isdir():
-            raise _Refused("the root entry must be a directory")
+            raise Refused("the root entry must be a directory")
         self._fd_metadata(self.root.fd, ti)
         self.dir_mtimes[""] = header_mtime_ns(ti)
 
@@ -420,16 +358,19 @@ class _Applier:
             self._remove(dir_fd, name)
             fd = os.open(name, _NEW_FILE, 0o600, dir_fd=dir_fd)
             try:
-                _copy_data(tar.extractfile(ti), fd)
+                write_data(tar, ti, fd)
                 self._fd_metadata(fd, ti)  # after the data: writing clears setuid and file capabilities
                 ns = header_mtime_ns(ti)
                 os.utime(fd, ns=(ns, ns))
+            except BaseException:
+                os.unlink(name, dir_fd=dir_fd)  # no partial file: the data failed or a cap stopped it
+                raise
             finally:
                 os.close(fd)
 
     def _symlink(self, path: str, ti: tarfile.TarInfo) -> None:
         if not ti.linkname or "\x00" in ti.linkname:
-            raise _Refused("symlink target is empty or contains a NUL byte")
+            raise Refused("symlink target is empty or contains a NUL byte")
         with self.root.at(path, make_parents=True) as (dir_fd, name):
             self._remove(dir_fd, name)
             os.symlink(ti.linkname, name, dir_fd=dir_fd)
@@ -440,17 +381,17 @@ class _Applier:
     def _hardlink(self, path: str, ti: tarfile.TarInfo) -> None:
         target = _normalize(ti.linkname, what="hardlink target")
         if not target:
-            raise _Refused("hardlink to the root directory")
+            raise Refused("hardlink to the root directory")
         try:
             src_fd, src_name = self.root.resolve(target)
         except (FileNotFoundError, NotADirectoryError):
-            raise _Refused(f"hardlink target {_display(target)} does not exist") from None
+            raise Refused(f"hardlink target {display(target)} does not exist") from None
         try:
             src = lstat_at(src_fd, src_name)
             if src is None:
-                raise _Refused(f"hardlink target {_display(target)} does not exist")
+                raise Refused(f"hardlink target {display(target)} does not exist")
             if stat.S_ISDIR(src.st_mode):
-                raise _Refused(f"hardlink target {_display(target)} is a directory")
+                raise Refused(f"hardlink target {display(target)} is a directory")
             with self.root.at(path, make_parents=True) as (dir_fd, name):
                 dst = lstat_at(dir_fd, name)
                 if dst is not None and (dst.st_dev, dst.st_ino) == (src.st_dev, src.st_ino):
@@ -466,7 +407,7 @@ class _Applier:
             kind, device = stat.S_IFIFO, 0
         else:
             if not (0 <= ti.devmajor <= MAX_DEV_MAJOR and 0 <= ti.devminor <= MAX_DEV_MINOR):
-                raise _Refused(f"bad device number {ti.devmajor}:{ti.devminor}")
+                raise Refused(f"bad device number {ti.devmajor}:{ti.devminor}")
             kind = stat.S_IFCHR if ti.ischr() else stat.S_IFBLK
             device = os.makedev(ti.devmajor, ti.devminor)
         with self.root.at(path, make_parents=True) as (dir_fd, name):
@@ -474,7 +415,7 @@ class _Applier:
             try:
                 os.mknod(name, kind | 0o600, device, dir_fd=dir_fd)
             except PermissionError:
-                raise _Refused("cannot create device node: permission denied (needs root or CAP_MKNOD)") from None
+                raise Refused("cannot create device node: permission denied (needs root or CAP_MKNOD)") from None
             self._chown_at(dir_fd, name, ti)
             # Safe without an fd: the name is the node we just made, and chmod here never follows symlinks.
             os.chmod(name, ti.mode & 0o7777, dir_fd=dir_fd, follow_symlinks=False)
@@ -510,8 +451,8 @@ class _Applier:
                 raise self._cannot_chown(ti) from None
 
     @staticmethod
-    def _cannot_chown(ti: tarfile.TarInfo) -> _Refused:
-        return _Refused(f"cannot change owner to {ti.uid}:{ti.gid}: permission denied "
+    def _cannot_chown(ti: tarfile.TarInfo) -> Refused:
+        return Refused(f"cannot change owner to {ti.uid}:{ti.gid}: permission denied "
                         "(run as root or pass same_owner=False)")
 
     def _xattrs(self, fd: int, ti: tarfile.TarInfo) -> None:
@@ -539,13 +480,6 @@ class _Applier:
                 if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
                     raise
                 log.warning("%s: %s: xattr %s not supported here; skipped", self.what, ti.name, name)
-
-
-def _copy_data(src, fd: int) -> None:
-    while chunk := src.read(CHUNK):
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(fd, view):]
 
 
 def header_mtime_ns(ti: tarfile.TarInfo) -> int:

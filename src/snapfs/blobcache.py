@@ -16,6 +16,7 @@ from typing import BinaryIO
 
 from .compress import DigestWriter, open_decompressed
 from .errors import InputError, RegistryError, SnapfsError
+from .lifecycle import private_dir
 from .reference import digest_parts, validate_digest
 
 _CHUNK = 1 << 20
@@ -61,7 +62,7 @@ class BlobWriter:
         self._store, self.expected, self._size, self._diff_id, self._what = store, digest, size, diff_id, what
         algo, _ = digest_parts(digest)
         directory = os.path.join(store.root, "blobs", algo)
-        os.makedirs(directory, exist_ok=True)
+        store.make_dir(directory)
         fd, self.tmp_path = tempfile.mkstemp(prefix=".tmp-", dir=directory)
         self._file = os.fdopen(fd, "wb")
         self._digest = DigestWriter(self._file) if algo == "sha256" else None
@@ -141,10 +142,18 @@ class BlobWriter:
 
 
 class BlobStore:
-    """``ROOT/blobs/<algo>/<hex>``: lookups by digest, verified writes."""
+    """``ROOT/blobs/<algo>/<hex>``: lookups by digest, verified writes. A ``private`` store (the pull cache)
+    creates its directories 0700; an OCI layout's keeps the umask's modes, it is the user's output."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, *, private: bool = False) -> None:
         self.root = os.path.abspath(root)
+        self.private = private
+
+    def make_dir(self, directory: str) -> None:
+        if self.private:
+            private_dir(directory, tighten=False)
+        else:
+            os.makedirs(directory, exist_ok=True)
 
     def path(self, digest: str) -> str:
         algo, hexpart = digest_parts(digest)
@@ -188,7 +197,7 @@ class BlobStore:
         if self.has(digest, size=size):
             return self.path(digest)
         target = self.path(digest)
-        os.makedirs(os.path.dirname(target), exist_ok=True)
+        self.make_dir(os.path.dirname(target))
         if os.path.abspath(src_path) == target:
             return target
         got, got_size = file_digest(src_path)

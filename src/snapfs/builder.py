@@ -8,23 +8,22 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
-from . import executor, imageconfig, incontainer, stageroot
+from . import executor, imageconfig, incontainer, lifecycle, stageroot
 from .blobcache import BlobStore
 from .copier import Source
 from .dockerignore import load_dockerignore
-from .errors import BuildError, InputError, NotSupportedError, SnapfsError, UsageError
+from .errors import BuildError, InputError, SnapfsError, UsageError
 from .executor import StageOptions, StageState, StepTiming
 from .image import DOCKER_MANIFEST, OCI_MANIFEST, Image, Layer, canonical_json, convert, empty_image, parse_platform
 from .layer import source_date_epoch
-from .outputs import OutputOptions, load_image, write_outputs
+from .outputs import OutputOptions, check_destinations, load_image, write_outputs
 from .reference import Reference
 from .registry import RegistryClient, RegistryOptions
+from .redact import redact_url
 from .stages import Plan, expand_instruction, onbuild_instructions, plan_build, stage_scope
 
 log = logging.getLogger("snapfs.build")
@@ -95,10 +94,13 @@ def build(options: BuildOptions) -> BuildResult:
     if in_place:
         # Before anything else runs: the registry credentials leave the filesystem for this process's memory.
         credentials = incontainer.CredentialVault.seal(snapfs_dir=snapfs_dir).credentials
-        os.makedirs(os.path.join(snapfs_dir, "tmp"), exist_ok=True)
+        lifecycle.private_dir(os.path.join(snapfs_dir, "tmp"))
         options = replace(options, work_dir=options.work_dir or os.path.join(snapfs_dir, "tmp"),
                           cache_dir=options.cache_dir or os.path.join(snapfs_dir, "cache"))
-    scratch = tempfile.mkdtemp(prefix="snapfs-build-", dir=options.work_dir or None)
+    # Kaniko's push permission check: a 401 or an unreachable registry fails now, not after the whole build.
+    check_destinations(options.outputs, options.registry, credentials=credentials)
+    # Sweeps scratch that killed builds left behind, then makes this build's own (0700, owner in its name).
+    scratch = lifecycle.new_build_scratch(options.work_dir or None)
     ctx = None
     try:
         ctx_root, dockerfile, ctx = _context(options, scratch)
@@ -113,10 +115,14 @@ def build(options: BuildOptions) -> BuildResult:
         try:
             image, layers, timings, mount_from = builder.run()
         finally:
-            builder.close_client()
-            builder.release()
-        with builder.client_for_push() as client:
-            digest = write_outputs(image, options.outputs, client=client, mount_from=mount_from)
+            with lifecycle.shielded():  # a signal now would leave stage roots mounted
+                builder.close_client()
+                builder.release()
+        try:
+            with builder.client_for_push() as client:
+                digest = write_outputs(image, options.outputs, client=client, mount_from=mount_from)
+        except OSError as exc:
+            raise _full_disk(exc, [p for p in (options.outputs.oci_layout_path, options.outputs.tar_path) if p])
         if in_place and options.cleanup:
             incontainer.clean_root("/", builder.keep)
         seconds = time.perf_counter() - t0
@@ -125,10 +131,20 @@ def build(options: BuildOptions) -> BuildResult:
         if options.benchmark_file:
             _write_benchmark(options.benchmark_file, result)
         return result
+    except OSError as exc:  # a full disk while unpacking a base: say which filesystem filled
+        raise _full_disk(exc, [scratch, options.cache_dir or default_cache_dir()])
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-        if ctx is not None:
-            ctx.cleanup()
+        with lifecycle.shielded():
+            lifecycle.remove_tree(scratch)
+            if ctx is not None:
+                ctx.cleanup()
+
+
+def _full_disk(exc: OSError, places: list[str]) -> OSError:
+    """``exc``, or for a full disk that a failed write() reported without a file name, the same error naming
+    which of ``places`` (where that part of the build writes) filled."""
+    full = lifecycle.full_place(exc, places)
+    return exc if full is None else OSError(exc.errno, exc.strerror, full)
 
 
 def _check(o: BuildOptions) -> None:
@@ -143,23 +159,11 @@ def _check(o: BuildOptions) -> None:
 
 
 def _context(o: BuildOptions, scratch: str):
-    """The context directory and the Dockerfile's local path (fetching remote contexts)."""
-    spec = o.context
-    if spec.startswith("dir://") or "://" not in spec:
-        root = os.path.abspath(spec.removeprefix("dir://"))
-        if o.context_sub_path:
-            root = os.path.join(root, o.context_sub_path)
-        if not os.path.isdir(root):
-            raise InputError(f"context {spec}: no such directory")
-        dockerfile = o.dockerfile if os.path.isabs(o.dockerfile) else os.path.join(root, o.dockerfile)
-        if not os.path.isfile(dockerfile):
-            raise InputError(f"{o.dockerfile}: Dockerfile not found in the context ({root})")
-        return root, dockerfile, None
-    try:
-        from .context import fetch_context, locate_dockerfile
-    except ImportError:  # pragma: no cover - the context module ships with the package
-        raise NotSupportedError(f"context {spec.split('://')[0]}:// is not supported yet") from None
-    ctx = fetch_context(spec, workdir=scratch, sub_path=o.context_sub_path, git_options=o.git_options)
+    """The context directory and the Dockerfile's local path (fetching remote contexts). Every context kind,
+    a local directory included, goes through :mod:`snapfs.context`: the Dockerfile resolved inside it."""
+    from .context import fetch_context, locate_dockerfile
+
+    ctx = fetch_context(o.context, workdir=scratch, sub_path=o.context_sub_path, git_options=o.git_options)
     return ctx.root, locate_dockerfile(ctx, o.dockerfile, workdir=scratch), ctx
 
 
@@ -188,7 +192,10 @@ class _Builder:
         self.o, self.plan, self.scratch, self.context = options, plan, scratch, context
         self.in_place, self.credentials = in_place, credentials  # in_place: the snapfs dir, or None
         self.cache_dir = options.cache_dir or default_cache_dir()
-        self.store = BlobStore(os.path.join(self.cache_dir, "blobs"))
+        # 0700: unpacked bases keep their setuid files; RUN caches hold whatever steps put there.
+        lifecycle.private_dir(self.cache_dir, tighten=False)
+        lifecycle.private_dir(os.path.join(self.cache_dir, "run-cache"))
+        self.store = BlobStore(os.path.join(self.cache_dir, "blobs"), private=True)
         self.layer_dir = os.path.join(scratch, "layers")
         os.makedirs(self.layer_dir, exist_ok=True)
         self._client: RegistryClient | None = None
@@ -240,7 +247,7 @@ class _Builder:
             cfg = image.config()
             inner = cfg.setdefault("config", {})
             inner["Labels"] = {**(inner.get("Labels") or {}), **dict(self.o.labels)}
-            image = replace(image, config_bytes=canonical_json(cfg), raw_manifest=None)
+            image = replace(image, config_bytes=canonical_json(imageconfig.json_safe(cfg)), raw_manifest=None)
         timings = [t for i in self.plan.needed for t in self.stages[i].state.timings]
         return image, target.state.layers, timings, mount_from
 
@@ -290,11 +297,14 @@ class _Builder:
                 timing = runner.step(instruction, scope, scope_after, index=self.step_no)
             except SnapfsError as exc:
                 node = instruction.node
+                full = lifecycle.full_hint([self.scratch, self.cache_dir])  # a RUN that filled the disk
                 raise BuildError(f"step {self.step_no}/{self.total} ({node.keyword} at {self.plan.file}:"
-                                 f"{node.start_line}): {exc.message}", exit_code=exc.exit_code) from None
+                                 f"{node.start_line}): {imageconfig.json_safe(redact_url(exc.message))}{full}",
+                                 exit_code=exc.exit_code) from None
             except OSError as exc:  # the disk, not the Dockerfile: still one line that names the step
                 node = instruction.node
-                where = f": {exc.filename}" if exc.filename else ""
+                full = lifecycle.full_place(exc, [self.scratch, self.cache_dir])
+                where = f": {exc.filename}" if exc.filename else f": {full}" if full else ""
                 raise BuildError(f"step {self.step_no}/{self.total} ({node.keyword} at {self.plan.file}:"
                                  f"{node.start_line}): {exc.strerror or exc}{where}") from None
             state.timings.append(timing)
@@ -321,7 +331,7 @@ class _Builder:
                 lowers = self.roots[stage.base_stage].child_lowers()
             else:
                 lowers = [stageroot.cached_base(base, self.cache_dir)] if base.layers else []
-            root = stageroot.overlay_stage(self.scratch, name, lowers)
+            root = stageroot.overlay_stage(self.scratch, name, lowers, layers=base.layers)
         else:
             root = stageroot.plain_stage(self.scratch, name, base.layers)
         self.roots[index] = root
@@ -362,7 +372,7 @@ def _local(spec: str) -> bool:
 
 
 def _describe(instruction) -> str:
-    text = instruction.node.original.split("\n", 1)[0]
+    text = redact_url(instruction.node.original.split("\n", 1)[0])  # before clipping: a cut URL hides its "@"
     return text if len(text) <= 200 else text[:197] + "..."
 
 

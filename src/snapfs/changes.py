@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from . import backend
 from .errors import InputError, UsageError
 from .rows import ADDED, DELETED, R_HASH, R_INODE, R_TYPE, Entry, reasons_text
-from .snapshot import Snapshot, content_hash, take
+from .rootfs import TreeView
+from .snapshot import Snapshot, content_hash_at, take
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +78,21 @@ def diff(old: Snapshot, new: Snapshot, *, mode: str = "full", kernel=None) -> Di
     same = old.same_tree(new)
     rows = kernel.diff_rows(old.rows, new.rows, same_tree=same, racy_ns=old.racy_ns if same else 0)
     changes = []
-    for kind, oi, ni, why in rows:
-        o = old.entry(oi) if kind != ADDED else None
-        n = new.entry(ni) if kind != DELETED else None
-        if why == R_HASH:
-            if mode == "stat" or _same_content(old, new, oi, o, n, same):
-                continue
-        path = (n or o).path
-        text = reasons_text(why) if kind == 2 else ""
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s: %s%s", _KINDS[kind], path, f" ({text})" if text else "")
-        changes.append(Change(_KINDS[kind], path, n, o, text))
+    views = _Views()
+    try:
+        for kind, oi, ni, why in rows:
+            o = old.entry(oi) if kind != ADDED else None
+            n = new.entry(ni) if kind != DELETED else None
+            if why == R_HASH:
+                if mode == "stat" or _same_content(views, old, new, oi, o, n, same):
+                    continue
+            path = (n or o).path
+            text = reasons_text(why) if kind == 2 else ""
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s: %s%s", _KINDS[kind], path, f" ({text})" if text else "")
+            changes.append(Change(_KINDS[kind], path, n, o, text))
+    finally:
+        views.close()
     return Diff(old, new, tuple(changes))
 
 
@@ -102,13 +107,31 @@ def diff_trees(old_root: str, new_root: str, *, mode: str = "full", one_fs: bool
     return diff(old, new, mode=mode, kernel=kernel)
 
 
-def _same_content(old: Snapshot, new: Snapshot, oi: int, o: Entry, n: Entry, same_tree: bool) -> bool:
+class _Views:
+    """One ``TreeView`` per root, opened on the first content comparison (most diffs need none)."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, TreeView] = {}
+
+    def __getitem__(self, root: str) -> TreeView:
+        if root not in self._open:
+            self._open[root] = TreeView(root)
+        return self._open[root]
+
+    def close(self) -> None:
+        for v in self._open.values():
+            v.close()
+
+
+def _same_content(views: _Views, old: Snapshot, new: Snapshot, oi: int, o: Entry, n: Entry,
+                  same_tree: bool) -> bool:
+    # Read as the walker saw the trees: a path that now lies below a symlink is not followed.
     try:
-        new_hash = content_hash(new.full_path(n.path))
+        new_hash = content_hash_at(views[new.root], n.path)
         if same_tree:
             old_hash = old.hashes.get(oi)
             return old_hash is not None and old_hash == new_hash
-        return content_hash(old.full_path(o.path)) == new_hash
+        return content_hash_at(views[old.root], o.path) == new_hash
     except OSError:
         return False  # unreadable or gone since the walk: report it, the layer writer will say why
 

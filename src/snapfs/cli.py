@@ -2,6 +2,10 @@
 
 Each group of subcommands lives in a ``cmd_*`` module exposing ``register(subparsers)``; a handler returns the
 process exit code. Errors the user can cause are ``SnapfsError`` and print as ``snapfs: <message>``.
+
+Run as a program, SIGTERM, SIGINT and SIGHUP stop the command cleanly (the running step killed, stage roots
+unmounted, scratch removed: see ``lifecycle``), print ``snapfs: <command> interrupted (SIGTERM)`` and exit with
+128 + the signal number (143, 130, 129), as a shell reports a process killed by that signal.
 """
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import argparse
 import importlib
 import sys
 
+from . import lifecycle
 from .errors import SnapfsError
 
 # Subcommand modules, in the order their commands appear in --help.
@@ -42,6 +47,8 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the process's own entry point (not a caller embedding the CLI): signals are ours
+        lifecycle.handle_signals()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] == "build":  # Kaniko's Go-style booleans (--no-push=true)
@@ -49,14 +56,17 @@ def main(argv: list[str] | None = None) -> int:
 
             argv = argv[:1] + normalize_booleans(argv[1:])
     except SnapfsError as exc:
-        print(f"snapfs: {exc.message}", file=sys.stderr)
+        _say(exc.message)
         return exc.exit_code
-    parser = make_parser()
-    args = parser.parse_args(argv)
     try:
+        args = make_parser().parse_args(argv)
         return int(args.func(args) or 0)
+    except lifecycle.Interrupted as exc:
+        command = argv[0] if argv and not argv[0].startswith("-") else "snapfs"
+        print(f"snapfs: {command} interrupted ({exc.name})", file=sys.stderr)
+        return exc.exit_code
     except SnapfsError as exc:
-        print(f"snapfs: {exc.message}", file=sys.stderr)
+        _say(exc.message)
         return exc.exit_code
     except KeyboardInterrupt:
         print("snapfs: interrupted", file=sys.stderr)
@@ -65,8 +75,15 @@ def main(argv: list[str] | None = None) -> int:
         return 141
     except OSError as exc:  # a filesystem or network failure outside any step: one line, no traceback
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"snapfs: {where}{exc.strerror or exc}", file=sys.stderr)
+        _say(f"{where}{exc.strerror or exc}")
         return 1
+
+
+def _say(message: str) -> None:
+    """The one line a failure prints; URLs pass the package's redaction once more as a last line of defence."""
+    from .redact import redact_url
+
+    print(f"snapfs: {redact_url(message)}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -18,8 +18,10 @@ BOOLEAN_FLAGS = ("--no-push", "--reproducible", "--single-snapshot", "--cache", 
                  "--cache-run-layers", "--no-push-cache", "--use-new-run", "--ignore-var-run", "--cleanup",
                  "--skip-unused-stages", "--insecure", "--insecure-pull", "--skip-tls-verify",
                  "--skip-tls-verify-pull", "--skip-default-registry-fallback", "--log-timestamp",
-                 "--compressed-caching", "--force")
+                 "--compressed-caching", "--force", "--skip-push-permission-check")
 _DEFAULT_TRUE = {"--ignore-var-run", "--skip-unused-stages", "--compressed-caching"}
+_BOOLEAN_HELP = {"--skip-push-permission-check": "do not check push access to every --destination before the "
+                                                 "first step (default false: checked)"}
 
 
 def normalize_booleans(argv: list[str]) -> list[str]:
@@ -86,8 +88,12 @@ def register(sub) -> None:
         dest = flag[2:].replace("-", "_")
         if flag not in ("--insecure", "--insecure-pull", "--skip-tls-verify", "--skip-tls-verify-pull",
                         "--skip-default-registry-fallback"):
-            p.add_argument(flag, dest=dest, action="store_true", default=flag in _DEFAULT_TRUE)
-        p.add_argument(f"--no-snapfs-{flag[2:]}", dest=dest, action="store_false", help=argparse.SUPPRESS)
+            p.add_argument(flag, dest=dest, action="store_true", default=flag in _DEFAULT_TRUE,
+                           help=_BOOLEAN_HELP.get(flag))
+        # The hidden negative form must not set a default: argparse takes a dest's default from the first
+        # action registered for it, which would make every registry flag below default to true.
+        p.add_argument(f"--no-snapfs-{flag[2:]}", dest=dest, action="store_false", default=argparse.SUPPRESS,
+                       help=argparse.SUPPRESS)
     add_registry_arguments(p)
     p.set_defaults(func=cmd_build)
 
@@ -152,7 +158,8 @@ def options_from_args(args):
     outputs = OutputOptions(destinations=destinations, no_push=args.no_push, tar_path=args.tar_path,
                             oci_layout_path=args.oci_layout_path, digest_file=args.digest_file,
                             image_name_with_digest_file=args.image_name_with_digest_file,
-                            image_name_tag_with_digest_file=args.image_name_tag_with_digest_file)
+                            image_name_tag_with_digest_file=args.image_name_tag_with_digest_file,
+                            check_push_access=not args.skip_push_permission_check)
     return BuildOptions(
         context=args.context, dockerfile=args.dockerfile, context_sub_path=args.context_sub_path,
         git_options=args.git, build_args=_kv(args.build_arg, "--build-arg", env_fallback=True),

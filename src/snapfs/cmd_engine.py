@@ -1,12 +1,14 @@
 """`snapfs snapshot`, `snapfs diff` and `snapfs apply`: the engine on the command line."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 import time
 
 from .errors import InputError, UsageError
+from .limits import MAX_LAYER_BYTES, MAX_LAYER_ENTRIES
 
 
 def register(sub) -> None:
@@ -34,7 +36,11 @@ def register(sub) -> None:
 
     p = sub.add_parser("apply", help="extract layers onto a directory, honouring whiteouts")
     p.add_argument("paths", nargs="+", metavar="PATH", help="LAYER... DIR")
-    p.add_argument("--max-bytes", type=int, default=None, help="refuse layers that decompress past this size")
+    p.add_argument("--max-bytes", type=_cap, default=None, metavar="N",
+                   help="refuse a layer whose uncompressed size, sparse files at their full size, passes N bytes "
+                        f"(default {MAX_LAYER_BYTES >> 30} GiB; 0: no cap)")
+    p.add_argument("--max-entries", type=_cap, default=None, metavar="N",
+                   help=f"refuse a layer with more than N entries (default {MAX_LAYER_ENTRIES}; 0: no cap)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_apply)
 
@@ -59,8 +65,10 @@ def cmd_snapshot(args) -> int:
 def cmd_diff(args) -> int:
     from .changes import diff
     from .layer import source_date_epoch, write_layer
+    from .compress import check_compression
     from .snapshot import load, take
 
+    check_compression(args.compression, args.level)  # options before any work: a bad level must not cost a walk
     walk = {"one_fs": not args.cross_fs, "ignore": args.ignore_path}
     if args.from_snapshot:
         if len(args.trees) != 1:
@@ -104,7 +112,8 @@ def cmd_apply(args) -> int:
         if not os.path.isfile(layer):
             raise InputError(f"{layer}: no such layer file")
     _need_dir(target)
-    kw = {} if args.max_bytes is None else {"max_bytes": args.max_bytes}
+    kw = {key: value or None for key, value in (("max_bytes", args.max_bytes), ("max_entries", args.max_entries))
+          if value is not None}  # 0 lifts the cap
     stats = apply_layers(layers, target, **kw)
     if args.json:
         json.dump([{"layer": l, "entries": s.entries, "whiteouts": s.whiteouts, "bytes": s.bytes,
@@ -114,6 +123,16 @@ def cmd_apply(args) -> int:
         for layer, s in zip(layers, stats):
             print(f"{layer}: {s.entries} entries, {s.whiteouts} whiteouts, diff_id {s.diff_id}")
     return 0
+
+
+def _cap(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {text!r}")
+    return value
 
 
 def _need_dir(path: str) -> None:

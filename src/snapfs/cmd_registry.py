@@ -35,14 +35,25 @@ def _size(text: str) -> int:
     return value * mult
 
 
-def add_registry_arguments(parser: argparse.ArgumentParser) -> None:
+def add_registry_arguments(parser: argparse.ArgumentParser, *, direction: str | None = None) -> None:
+    """Kaniko's registry flags. ``direction`` ("pull" or "push") is the one way a helper command talks to
+    registries: there ``--insecure`` and ``--skip-tls-verify`` (and their ``-pull`` forms) apply to it."""
     g = parser.add_argument_group("registry")
-    g.add_argument("--insecure", action="store_true", help="allow plain HTTP when pushing")
-    g.add_argument("--insecure-pull", action="store_true", help="allow plain HTTP when pulling")
+    if direction:
+        plain, verify = "allow plain HTTP to the registry", "do not verify the registry's TLS certificate"
+        help_ = {"--insecure": plain, "--insecure-pull": f"same as --insecure ({direction} only talks one way)",
+                 "--skip-tls-verify": verify,
+                 "--skip-tls-verify-pull": f"same as --skip-tls-verify ({direction} only talks one way)"}
+    else:
+        help_ = {"--insecure": "allow plain HTTP when pushing", "--insecure-pull": "allow plain HTTP when pulling",
+                 "--skip-tls-verify": "do not verify TLS certificates when pushing",
+                 "--skip-tls-verify-pull": "do not verify TLS certificates when pulling"}
+    g.add_argument("--insecure", action="store_true", help=help_["--insecure"])
+    g.add_argument("--insecure-pull", action="store_true", help=help_["--insecure-pull"])
     g.add_argument("--insecure-registry", action="append", default=[], metavar="R",
                    help="allow plain HTTP for registry R (repeatable)")
-    g.add_argument("--skip-tls-verify", action="store_true", help="do not verify TLS certificates when pushing")
-    g.add_argument("--skip-tls-verify-pull", action="store_true", help="do not verify TLS certificates when pulling")
+    g.add_argument("--skip-tls-verify", action="store_true", help=help_["--skip-tls-verify"])
+    g.add_argument("--skip-tls-verify-pull", action="store_true", help=help_["--skip-tls-verify-pull"])
     g.add_argument("--skip-tls-verify-registry", action="append", default=[], metavar="R")
     g.add_argument("--registry-certificate", action="append", default=[], metavar="R=CA.pem",
                    help="trust this CA for registry R")
@@ -66,7 +77,9 @@ def _pair(flag: str, value: str) -> tuple[str, str]:
     return split_registry_spec(key)[0], rest
 
 
-def registry_options(args: argparse.Namespace) -> RegistryOptions:
+def registry_options(args: argparse.Namespace, *, direction: str | None = None) -> RegistryOptions:
+    """The client options the flags ask for. With ``direction`` (``snapfs pull``/``push``), the plain-HTTP and
+    TLS-verification flags of either spelling apply to that direction, as crane and skopeo users expect."""
     certs = tuple(_pair("--registry-certificate", v) for v in args.registry_certificate)
     client_certs = []
     for v in args.registry_client_cert:
@@ -88,10 +101,16 @@ def registry_options(args: argparse.Namespace) -> RegistryOptions:
         extra = {"chunk_size": args.chunk_size, "monolithic_max": args.chunk_size}
     if args.push_retry < 0 or args.image_download_retry < 0:
         raise UsageError("--push-retry and --image-download-retry must not be negative")
+    insecure, insecure_pull = args.insecure, args.insecure_pull
+    skip, skip_pull = args.skip_tls_verify, args.skip_tls_verify_pull
+    if direction == "pull":
+        insecure_pull, skip_pull = insecure or insecure_pull, skip or skip_pull
+    elif direction == "push":
+        insecure, skip = insecure or insecure_pull, skip or skip_pull
     return RegistryOptions(
-        insecure=args.insecure, insecure_pull=args.insecure_pull,
+        insecure=insecure, insecure_pull=insecure_pull,
         insecure_registries=tuple(split_registry_spec(r)[0] for r in args.insecure_registry),
-        skip_tls_verify=args.skip_tls_verify, skip_tls_verify_pull=args.skip_tls_verify_pull,
+        skip_tls_verify=skip, skip_tls_verify_pull=skip_pull,
         skip_tls_verify_registries=tuple(split_registry_spec(r)[0] for r in args.skip_tls_verify_registry),
         registry_certificates=certs, registry_client_certs=tuple(client_certs),
         registry_mirrors=tuple(args.registry_mirror), registry_maps=tuple(maps),
@@ -112,8 +131,9 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     ref = parse_reference(args.ref)
     platform = parse_platform(args.platform) if args.platform else None
     # With no cache the layout itself is the blob store: blobs land once, directly where they belong.
-    store = BlobStore(args.cache_dir or args.oci_layout)
-    with RegistryClient(registry_options(args)) as client:
+    # A cache is private like the builder's (0700); a layout written in place is the user's and keeps the umask.
+    store = BlobStore(args.cache_dir, private=True) if args.cache_dir else BlobStore(args.oci_layout)
+    with RegistryClient(registry_options(args, direction="pull")) as client:
         image = pull_image(client, ref, store, platform=platform)
     write_layout(args.oci_layout, image, ref_name=ref.tag or None)
     print(image.digest)
@@ -135,8 +155,9 @@ def _cmd_push(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         # A docker archive's layers must be unpacked somewhere; a layout's blobs are used in place.
         store_dir = args.cache_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="snapfs-push-"))
-        client = stack.enter_context(RegistryClient(registry_options(args)))
-        image, _ = load_image(_source_spec(args.source), store=BlobStore(store_dir), client=client)
+        client = stack.enter_context(RegistryClient(registry_options(args, direction="push")))
+        image, _ = load_image(_source_spec(args.source), store=BlobStore(store_dir, private=True),
+                              client=client)
         digest = push_image(client, image, dests)
     write_digest_files(digest, dests, digest_file=args.digest_file)
     print(digest)
@@ -150,7 +171,7 @@ def register(subparsers) -> None:
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to pick from an index (default: host)")
     p.add_argument("--cache-dir", metavar="DIR", help="content-addressed blob cache to pull through")
     p.add_argument("-v", "--verbose", action="count", default=0)
-    add_registry_arguments(p)
+    add_registry_arguments(p, direction="pull")
     p.set_defaults(func=_cmd_pull)
 
     q = subparsers.add_parser("push", help="push an OCI layout or docker archive to registries")
@@ -159,5 +180,5 @@ def register(subparsers) -> None:
     q.add_argument("--digest-file", metavar="FILE")
     q.add_argument("--cache-dir", metavar="DIR", help="where layers of a docker archive are unpacked")
     q.add_argument("-v", "--verbose", action="count", default=0)
-    add_registry_arguments(q)
+    add_registry_arguments(q, direction="push")
     q.set_defaults(func=_cmd_push)

@@ -13,12 +13,14 @@
 
 Downloads stream to a file in ``workdir`` and are unpacked into a temporary directory there by
 :mod:`context_extract`, which refuses any entry that would land outside it. ``--context-sub-path`` and a
-relative ``--dockerfile`` are resolved *inside* the context: ``..`` is refused and symlinks are followed as if the
-context were the filesystem root (an absolute target restarts at the context root), so a hostile archive or
-repository cannot make the build read a file outside the context. Symlinks in the context stay symlinks; the
-builder must resolve COPY sources the same way (:class:`snapfs.rootfs.RootFS` on ``Context.root``).
+``--dockerfile`` in the context (relative, or absolute under the context directory) are resolved *inside* the
+context, a local ``dir://`` one included: ``..`` is refused and symlinks are followed as if the context were the
+filesystem root (an absolute target restarts at the context root), so a hostile directory, archive or repository
+cannot make the build read (and print, in a parse error) a file outside the context. Symlinks in the context stay
+symlinks; the builder must resolve COPY sources the same way (:class:`snapfs.rootfs.RootFS` on ``Context.root``).
 
-Every failure is one line naming the source, credentials masked (``ContextError``, exit code 3).
+Every failure is one line naming the source, credentials masked by :func:`snapfs.redact.redact_url`
+(``ContextError``, exit code 3).
 """
 from __future__ import annotations
 
@@ -33,9 +35,10 @@ from typing import BinaryIO
 
 from .context_extract import ContextError, extract_context
 from .context_fetch import (download_azure, download_gcs, download_https, download_s3, env_secrets,
-                            is_azure_blob_url, mask_url, scrubbed_logging, split_bucket)
-from .context_git import clone, mask_git_spec, parse_git_options, parse_git_spec
+                            is_azure_blob_url, scrubbed_logging, split_bucket)
+from .context_git import clone, parse_git_options, parse_git_spec
 from .errors import UsageError
+from .redact import redact_url
 from .rootfs import RootFS
 
 log = logging.getLogger(__name__)
@@ -51,12 +54,14 @@ class Context:
 
     ``root`` is the directory to build from (after ``--context-sub-path``); ``source`` the user's spec with
     credentials masked, for messages; ``temporary`` is True when snapfs created the directory, which
-    :meth:`cleanup` then removes (a no-op for ``dir://`` contexts).
+    :meth:`cleanup` then removes (a no-op for ``dir://`` contexts); ``top`` the whole context before
+    ``--context-sub-path`` (``root`` when empty).
     """
 
     root: str
     source: str
     temporary: bool
+    top: str = ""
     _owned: str | None = field(default=None, repr=False, compare=False)
 
     def cleanup(self) -> None:
@@ -66,11 +71,7 @@ class Context:
 
 def mask_spec(spec: str) -> str:
     """The spec fit for messages and logs."""
-    if spec.startswith("git://"):
-        return mask_git_spec(spec)
-    if spec.startswith(("https://", "http://")):
-        return mask_url(spec)
-    return spec
+    return redact_url(spec)
 
 
 def fetch_context(spec: str, *, workdir: str, sub_path: str = "", git_options: str = "",
@@ -121,7 +122,7 @@ def _fetch(spec: str, *, workdir: str, sub_path: str, git_options: str, stdin: B
             os.mkdir(tree, 0o700)
             _fetch_archive(prefix, rest, spec, tree, owned=owned, source=source, stdin=stdin)
         root = resolve_sub_path(tree, sub_path, source=source)
-        return Context(root=root, source=source, temporary=True, _owned=owned)
+        return Context(root=root, source=source, temporary=True, top=tree, _owned=owned)
     except BaseException:
         shutil.rmtree(owned, ignore_errors=True)
         raise
@@ -132,12 +133,14 @@ def _in_place(path: str, source: str, sub_path: str) -> Context:
         raise UsageError("--context: empty directory path")
     try:
         st = os.stat(path)
+    except FileNotFoundError:
+        raise ContextError(f"context {source}: no such directory") from None
     except OSError as exc:
-        raise ContextError(f"{source}: cannot open the context directory: {exc.strerror}") from None
+        raise ContextError(f"context {source}: cannot open the context directory: {exc.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise ContextError(f"{source}: not a directory (a context archive needs the tar:// prefix)")
-    root = resolve_sub_path(os.path.abspath(path), sub_path, source=source)
-    return Context(root=root, source=source, temporary=False)
+    top = os.path.abspath(path)
+    return Context(root=resolve_sub_path(top, sub_path, source=source), source=source, temporary=False, top=top)
 
 
 def _fetch_archive(prefix: str, rest: str, spec: str, tree: str, *, owned: str, source: str,
@@ -224,29 +227,57 @@ def resolve_sub_path(root: str, sub_path: str, *, source: str) -> str:
 def locate_dockerfile(ctx: Context, dockerfile: str, *, workdir: str) -> str:
     """A local path to the Dockerfile named by ``--dockerfile``.
 
-    - an ``https://`` (or ``http://``) URL: downloaded into a temporary directory under ``workdir``;
-    - an absolute path: used as given (the user's own file, outside the context if they say so);
-    - a relative path (default ``Dockerfile``): resolved inside the context root; if it is not there but exists
-      relative to the working directory, that file is used (Kaniko accepts both) and a warning says so.
+    - an ``https://`` (or ``http://``) URL: downloaded into a temporary directory under ``workdir``, with the
+      URL's ``user:password@`` sent as Basic auth and masked in every message;
+    - a path inside the context (relative, or absolute under the context directory as in
+      ``--dockerfile=$CI_PROJECT_DIR/Dockerfile``): resolved inside the context root, symlinks followed as if
+      the context were ``/``, so a ``Dockerfile`` that links to a host file never reads that file;
+    - an absolute path elsewhere: used as given (the user's own file, outside the context if they say so);
+    - a relative path not in the context: the file relative to the working directory, if the working directory
+      is outside the context (Kaniko accepts both; a warning says so).
 
-    The returned path is a regular file, never a symlink: a ``Dockerfile`` symlink in a fetched context is
-    followed inside the context only.
+    The returned path is a regular file reached without leaving the context (or the user's own path).
     """
     name = dockerfile or "Dockerfile"
     if name.startswith(("https://", "http://")):
         return _download_dockerfile(name, workdir)
-    if os.path.isabs(name):
+    where = _in_context(ctx, name)
+    if where is None:  # the user's own file, named by an absolute path outside the context
         return _regular_file(name, what=f"--dockerfile {name}")
-    path, st = _inside(ctx.root, name, what="--dockerfile")
+    root, rel = where
+    path, st = _inside(root, rel, what="--dockerfile")
     if st is not None:
         if not stat.S_ISREG(st.st_mode):
             raise ContextError(f"{ctx.source}: --dockerfile {name!r} is not a regular file")
         return path
-    if os.path.isfile(name):
+    if not os.path.isabs(name) and _in_context(ctx, os.path.abspath(name)) is None and os.path.isfile(name):
         log.warning("--dockerfile %s: not in the context %s; using %s relative to the working directory",
                     name, ctx.source, os.path.abspath(name))
         return _regular_file(os.path.abspath(name), what=f"--dockerfile {name}")
-    raise ContextError(f"{ctx.source}: no {name} in the context (set --dockerfile)")
+    link = " (a symlink whose target is not in the context)" if _is_link(root, rel) else ""
+    raise ContextError(f"{name}: Dockerfile not found in the context {ctx.source}{link} (set --dockerfile)")
+
+
+def _in_context(ctx: Context, name: str) -> tuple[str, str] | None:
+    """(directory, relative path) when ``name`` names a path in the context: any relative path (under the
+    root), or an absolute one under the context directory (lexically); None for an absolute path elsewhere."""
+    if not os.path.isabs(name):
+        return ctx.root, name
+    path = os.path.normpath(name)
+    for top in dict.fromkeys((ctx.root, ctx.top or ctx.root)):  # the root first: it is the deeper one
+        for base in dict.fromkeys((os.path.abspath(top), os.path.realpath(top))):
+            if path == base or path.startswith(base.rstrip("/") + "/"):
+                return top, os.path.relpath(path, base)
+    return None
+
+
+def _is_link(root: str, rel: str) -> bool:
+    try:
+        with RootFS(root) as rootfs:
+            st = rootfs.lstat(rel)
+    except OSError:
+        return False
+    return st is not None and stat.S_ISLNK(st.st_mode)
 
 
 def _regular_file(path: str, *, what: str) -> str:
@@ -260,11 +291,13 @@ def _regular_file(path: str, *, what: str) -> str:
 
 
 def _download_dockerfile(url: str, workdir: str) -> str:
-    what = mask_url(url)
+    what = redact_url(url)
     workdir = os.path.abspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     folder = tempfile.mkdtemp(prefix="dockerfile-", dir=workdir)
     path = os.path.join(folder, "Dockerfile")
+    if url.startswith("http://"):
+        log.warning("--dockerfile %s: downloading over plain http (no integrity or confidentiality)", what)
     try:
         with scrubbed_logging(env_secrets() + _spec_secrets(url)):
             download_https(url, path, what=what)

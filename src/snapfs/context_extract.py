@@ -13,8 +13,10 @@ Every path is opened relative to a directory fd with ``O_NOFOLLOW``, so nothing 
 or written whatever the archive holds. Directory fds are cached (entries of one directory are usually adjacent),
 which keeps the cost per small file close to the syscalls it needs.
 
-Errors are one line, ``ContextError("<source>: <entry>: <reason>")``; compressed-stream, tar-format and size
-checks are those of :mod:`snapfs.apply` (corrupt, truncated, bombs), reported with the source's name.
+Errors are one line, ``ContextError("<source>: <entry>: <reason>")``; compressed-stream, tar-format, size, entry
+count and depth checks are those of layers (:mod:`snapfs.tarstream`: corrupt, truncated, negative sizes,
+bombs, sparse files counted at their apparent size), reported with the source's name. A file whose data fails
+half-way, or that a cap stops, is removed.
 """
 from __future__ import annotations
 
@@ -27,15 +29,17 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .apply import _check_end, _HashingSource, _members, _open_tar, header_mtime_ns  # shared with layers
+from .apply import header_mtime_ns
 from .compress import open_decompressed
 from .errors import InputError, LayerError
+from .limits import MAX_LAYER_BYTES, MAX_LAYER_ENTRIES
 from .rootfs import lstat_at, remove_at
+from .tarstream import Budget, HashingSource, check_end, members, open_tar, write_data
+from .tarstream import Refused as _Refused
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BYTES = 64 << 30  # uncompressed; a decompression bomb stops here
-CHUNK = 1 << 20
+DEFAULT_MAX_BYTES = MAX_LAYER_BYTES  # uncompressed, sparse files at their full size; see snapfs.limits
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _FD_CACHE = 64
@@ -54,27 +58,24 @@ class ExtractStats:
     bytes: int
 
 
-class _Refused(Exception):
-    pass
-
-
-def extract_context(archive: BinaryIO, dest: str, *, what: str,
-                    max_bytes: int | None = DEFAULT_MAX_BYTES) -> ExtractStats:
+def extract_context(archive: BinaryIO, dest: str, *, what: str, max_bytes: int | None = DEFAULT_MAX_BYTES,
+                    max_entries: int | None = MAX_LAYER_ENTRIES) -> ExtractStats:
     """Unpack ``archive`` (gzip, zstd, bzip2, xz or plain tar, detected by content) into the directory ``dest``.
 
-    ``what`` names the source in messages. Raises :class:`ContextError` for corrupt, truncated or hostile
-    archives; what was written before the failure stays in ``dest`` (the caller removes its temporary dir).
+    ``what`` names the source in messages; ``max_bytes`` and ``max_entries`` cap the archive as for layers
+    (None: no cap). Raises :class:`ContextError` for corrupt, truncated or hostile archives; what was written
+    before the failure stays in ``dest`` (the caller removes its temporary dir).
     """
     try:
-        source = _HashingSource(open_decompressed(archive, max_bytes=max_bytes, what=what), what)
-        tar = _open_tar(source, what)
-        with _Writer(dest, what) as writer:
+        source = HashingSource(open_decompressed(archive, max_bytes=max_bytes, what=what), what)
+        tar = open_tar(source, what)
+        with _Writer(dest, what, Budget(max_bytes=max_bytes, max_entries=max_entries)) as writer:
             if tar is None:
                 log.warning("%s: the archive is empty", what)
             else:
-                for ti in _members(tar, what):
+                for ti in members(tar, source, what):
                     writer.add(ti, tar)
-                _check_end(tar, source, what)
+                check_end(tar, source, what)
             writer.finish()
     except LayerError as exc:
         raise ContextError(exc.message) from None
@@ -104,8 +105,8 @@ def _display(name: str) -> str:
 class _Writer:
     """Creates entries under ``dest``; every parent is walked as real directories from the root fd."""
 
-    def __init__(self, dest: str, what: str) -> None:
-        self.what = what
+    def __init__(self, dest: str, what: str, budget: Budget) -> None:
+        self.what, self.budget = what, budget
         self.root_fd = os.open(dest, _DIR_FLAGS)
         self.fds: OrderedDict[str, int] = OrderedDict()  # LRU of open directory fds, by relative path
         self.dirs: dict[str, tuple[int, int]] = {}  # path -> (mode, mtime ns), applied at the end
@@ -124,6 +125,7 @@ class _Writer:
     def add(self, ti: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         try:
             path = normalize_name(ti.name)
+            self.budget.charge(ti, tar, path)
             self._add(path, ti, tar)
         except _Refused as exc:
             raise ContextError(f"{self.what}: {_display(ti.name)}: refused: {exc}") from None
@@ -162,15 +164,27 @@ class _Writer:
     # directories
 
     def _dir_fd(self, path: str, *, create: bool) -> int:
-        """The fd of directory ``path``, walked (and created when ``create``) one real directory at a time."""
+        """The fd of directory ``path``, walked (and created when ``create``) one real directory at a time
+        from its nearest cached ancestor (usually its parent: archives list a directory before its contents)."""
         if not path:
             return self.root_fd
         fd = self.fds.get(path)
         if fd is not None:
             self.fds.move_to_end(path)
             return fd
-        parent, _, name = path.rpartition("/")
-        parent_fd = self._dir_fd(parent, create=create)
+        missing = [path]
+        while (up := missing[-1].rpartition("/")[0]) and up not in self.fds:
+            missing.append(up)
+        if up:
+            self.fds.move_to_end(up)
+        fd = self.fds[up] if up else self.root_fd
+        for sub in reversed(missing):
+            fd = self._open_child(fd, sub, create=create)
+        return fd
+
+    def _open_child(self, parent_fd: int, path: str, *, create: bool) -> int:
+        """Open (or create) the directory ``path`` from its parent's fd, and cache it."""
+        name = path.rpartition("/")[2]
         try:
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
         except FileNotFoundError:
@@ -223,15 +237,13 @@ class _Writer:
         self._clear(parent_fd, parent, name)
         fd = os.open(name, _NEW_FILE, 0o600, dir_fd=parent_fd)
         try:
-            if ti.size:
-                src = tar.extractfile(ti)
-                while chunk := src.read(CHUNK):
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(fd, view):]
+            write_data(tar, ti, fd)
             os.fchmod(fd, ti.mode & 0o7777)
             ns = header_mtime_ns(ti)
             os.utime(fd, ns=(ns, ns))
+        except BaseException:
+            os.unlink(name, dir_fd=parent_fd)  # no partial file: the data failed or a cap stopped it
+            raise
         finally:
             os.close(fd)
 
@@ -252,18 +264,22 @@ class _Writer:
         if not target:
             raise _Refused("hardlink to the root directory")
         t_parent, _, t_name = target.rpartition("/")
-        t_fd = self._dir_fd(t_parent, create=False)
-        src = lstat_at(t_fd, t_name)
-        if src is None:
-            raise _Refused(f"hardlink target {_display(target)} does not exist")
-        if stat.S_ISDIR(src.st_mode):
-            raise _Refused(f"hardlink target {_display(target)} is a directory")
-        parent_fd = self._dir_fd(parent, create=True)
-        dst = lstat_at(parent_fd, name)
-        if dst is not None and (dst.st_dev, dst.st_ino) == (src.st_dev, src.st_ino):
-            return
-        self._clear(parent_fd, parent, name)
-        os.link(t_name, name, src_dir_fd=t_fd, dst_dir_fd=parent_fd, follow_symlinks=False)
+        # Our own copy: opening the link's parent below may push the target's parent out of the fd cache.
+        t_fd = os.dup(self._dir_fd(t_parent, create=False))
+        try:
+            src = lstat_at(t_fd, t_name)
+            if src is None:
+                raise _Refused(f"hardlink target {_display(target)} does not exist")
+            if stat.S_ISDIR(src.st_mode):
+                raise _Refused(f"hardlink target {_display(target)} is a directory")
+            parent_fd = self._dir_fd(parent, create=True)
+            dst = lstat_at(parent_fd, name)
+            if dst is not None and (dst.st_dev, dst.st_ino) == (src.st_dev, src.st_ino):
+                return
+            self._clear(parent_fd, parent, name)
+            os.link(t_name, name, src_dir_fd=t_fd, dst_dir_fd=parent_fd, follow_symlinks=False)
+        finally:
+            os.close(t_fd)
 
     def finish(self) -> None:
         """Directory modes and times last (deepest first): creating children changed them, and a read-only

@@ -28,9 +28,10 @@ import sys
 import time
 from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator, TextIO
-from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from .context_extract import ContextError
+from .redact import redact_url, scrub
 
 CHUNK = 1 << 20
 DEFAULT_OBJECT = "context.tar.gz"  # Kaniko's default key when an s3:// or gs:// spec names only a bucket
@@ -38,16 +39,6 @@ AZURE_HOST = re.compile(r"^([a-z0-9]{3,24})\.blob\.core\.(windows\.net|chinaclou
                         r"usgovcloudapi\.net)$", re.IGNORECASE)
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AZURE_STORAGE_ACCESS_KEY", "AZURE_STORAGE_SAS_TOKEN",
               "AZURE_STORAGE_CONNECTION_STRING", "GIT_TOKEN", "GIT_PASSWORD")
-# Query parameters that carry no secret (SAS and presigned-URL bookkeeping); every other value is masked.
-_PUBLIC_QUERY = frozenset(k.lower() for k in (
-    "sv", "ss", "srt", "sp", "se", "st", "spr", "sr", "si", "skoid", "sktid", "skt", "ske", "sks", "skv",
-    "x-amz-algorithm", "x-amz-date", "x-amz-expires", "x-amz-signedheaders", "x-goog-algorithm", "x-goog-date",
-    "x-goog-expires", "x-goog-signedheaders", "versionid", "generation", "alt"))
-_SECRET_ASSIGNMENT = re.compile(
-    r"(?i)\b(sig|signature|x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature|"
-    r"x-goog-credential|access_token|token|accountkey|sharedaccesssignature|password)=([^&\s;\"']+)")
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]+@")
-
 # Azure's default retry waits 15 s, then 18 s...: a build should learn sooner that an endpoint is down.
 AZURE_RETRY = {"retry_total": 3, "initial_backoff": 1, "increment_base": 2}
 GCS_RETRY_SECONDS = 30.0  # the client's default keeps retrying a refused connection for two minutes
@@ -69,18 +60,6 @@ def env_secrets(env: dict | None = None) -> list[str]:
                 found += [v for k, _, v in (p.partition("=") for p in value.split(";"))
                           if k.strip().lower() in ("accountkey", "sharedaccesssignature") and len(v) >= 4]
     return sorted(set(found), key=len, reverse=True)
-
-
-def scrub(text: str, secrets: Iterable[str] = ()) -> str:
-    """``text`` with known secrets, URL userinfo and secret-looking ``key=value`` pairs replaced by ``***``."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-            quoted = quote(secret, safe="")
-            if quoted != secret:
-                text = text.replace(quoted, "***")
-    text = _USERINFO.sub(r"\1***@", text)
-    return _SECRET_ASSIGNMENT.sub(r"\1=***", text)
 
 
 @contextmanager
@@ -106,22 +85,6 @@ def scrubbed_logging(secrets: Iterable[str] = ()) -> Iterator[None]:
         yield
     finally:
         logging.setLogRecordFactory(old)
-
-
-def mask_url(url: str) -> str:
-    """A URL fit for messages: userinfo and every non-public query value replaced by ``***``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return scrub(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = "&".join(f"{k}={v if k.lower() in _PUBLIC_QUERY else '***'}" for k, v in pairs) or "***"
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 # --- progress ------------------------------------------------------------------------------------------------
@@ -219,13 +182,13 @@ def download_https(url: str, dest: str, *, what: str, insecure: bool = False,
     import httpx
 
     secrets = env_secrets()
-    parts = urlsplit(url)
-    auth = None
-    if parts.username is not None:  # user:password@ in the URL: sent as Basic auth, never logged
-        secrets += [s for s in (parts.password or "", parts.username) if len(s) >= 4]
-        auth = httpx.BasicAuth(parts.username, parts.password or "")
-        url = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, parts.query, ""))
     try:
+        parts = urlsplit(url)
+        auth = None
+        if parts.username is not None:  # user:password@ in the URL: sent as Basic auth, never logged
+            secrets += [s for s in (parts.password or "", parts.username) if len(s) >= 4]
+            auth = httpx.BasicAuth(unquote(parts.username), unquote(parts.password or ""))  # user%40corp: user@corp
+            url = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, parts.query, ""))
         with httpx.Client(follow_redirects=True, verify=not insecure, trust_env=True,
                           timeout=httpx.Timeout(30.0, read=300.0)) as client:
             with client.stream("GET", url, auth=auth) as resp:
@@ -237,6 +200,8 @@ def download_https(url: str, dest: str, *, what: str, insecure: bool = False,
                 return _stream_to(dest, what, total, resp.iter_raw(CHUNK), progress_stream=progress_stream)
     except httpx.HTTPError as exc:
         raise ContextError(f"{what}: download failed: {scrub(_exc_text(exc), secrets)}") from None
+    except (httpx.InvalidURL, ValueError) as exc:  # e.g. bytes that are not UTF-8 in a URL given as an argument
+        raise ContextError(f"{what}: invalid URL: {scrub(_exc_text(exc), secrets)}") from None
 
 
 def _http_status(code: int, reason: str) -> str:
@@ -412,7 +377,7 @@ def download_azure(url: str, dest: str, *, what: str, progress_stream: TextIO | 
             raise ContextError(f"{what}: access denied ({code})") from None
         raise ContextError(f"{what}: Azure Blob error HTTP {exc.status_code} {code}".rstrip()) from None
     except ServiceRequestError as exc:
-        raise ContextError(f"{what}: cannot reach {mask_url(endpoint)}: {scrub(_exc_text(exc), secrets)}") \
+        raise ContextError(f"{what}: cannot reach {redact_url(endpoint)}: {scrub(_exc_text(exc), secrets)}") \
             from None
     except (AzureError, ValueError, TypeError) as exc:
         # e.g. an AZURE_STORAGE_ACCESS_KEY that is not base64, or a malformed connection string

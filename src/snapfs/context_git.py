@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from .context_extract import ContextError
-from .context_fetch import env_secrets, scrub
+from .context_fetch import env_secrets
 from .errors import UsageError
+from .redact import scrub
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +107,6 @@ def parse_git_spec(rest: str, *, method: str | None = None) -> GitSpec:
         method = "https"
     return GitSpec(url=f"{method}://{authority}{slash}{path}", host=authority, ref=ref, commit=commit,
                    username=username, password=password)
-
-
-def mask_git_spec(spec: str) -> str:
-    """``git://user:token@host/...`` -> ``git://***@host/...``."""
-    return re.sub(r"^(git://)[^/@]*@", r"\1***@", spec)
 
 
 def clone(spec: GitSpec, dest: str, *, options: GitOptions, what: str) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from .dockerignore import DockerIgnore, parse_dockerignore
 from .errors import BuildError
+from .limits import MAX_DEPTH
 from .rootfs import RootFS, lstat_at, remove_at
 
 _GLOB = re.compile(r"[*?\[]")
@@ -217,25 +218,42 @@ class _Copy:
         inner = child[len(base) + 1:] if base and child.startswith(base + "/") else child
         return self.exclude.excluded(inner) or self.exclude.excluded(child)
 
-    def _children(self, rel: str, target: str, *, base: str) -> None:
+    def _listing(self, rel: str) -> list[str]:
         fd = self.sroot.open_dir(rel or ".")
         try:
-            names = sorted(os.listdir(fd))
+            return sorted(os.listdir(fd))
         finally:
             os.close(fd)
-        for name in names:
+
+    def _children(self, rel: str, target: str, *, base: str) -> None:
+        # An explicit stack, not recursion: a source tree thousands of levels deep gets the depth-limit error,
+        # not a RecursionError. A frame: [source dir, target dir, names, next index, stat to finish it with].
+        stack: list[list] = [[rel, target, self._listing(rel), 0, None]]
+        while stack:
+            frame = stack[-1]
+            rel, target, names, k, dir_st = frame
+            if k == len(names):
+                stack.pop()
+                if dir_st is not None:
+                    self._finish_dir(target, dir_st)
+                continue
+            frame[3] = k + 1
+            name = names[k]
             child = f"{rel}/{name}" if rel else name
             if _ignored(self.src, child) or self._excluded(child, base):
                 if self.src.ignore is None or not self.src.ignore.may_descend(child):
                     continue
             dest = f"{target}/{name}" if target else name
+            if dest.count("/") >= MAX_DEPTH:
+                head = "/".join(dest.split("/")[:4])
+                raise BuildError(f"/{head}/...: directory tree nested deeper than {MAX_DEPTH} levels (snapfs's "
+                                 "depth limit)")
             st = self.sroot.lstat(child)
             if st is None:
                 continue
             if stat.S_ISDIR(st.st_mode):
                 self._put_dir(dest, st)
-                self._children(child, dest, base=base)
-                self._finish_dir(dest, st)
+                stack.append([child, dest, self._listing(child), 0, st])
             elif not (_ignored(self.src, child) or self._excluded(child, base)):
                 self.entry(child, dest, followed=False)
 

@@ -1,12 +1,17 @@
 """RUN steps without isolation, as Kaniko runs them: in an unprivileged pod there are no namespaces to make.
 
 The step gets its own session, the user and groups from the stage's own passwd/group, its workdir (created),
-exactly the step's environment, umask 022 and stdin from /dev/null. When its command exits, its process group and
-everything left in its session are killed, and orphans it left to us are reaped. Exit codes follow
-``sandbox.run``: 127 not found, 126 not executable, 128+N when killed by signal N.
+exactly the step's environment, umask 022, stdin from /dev/null, and the container's capabilities less
+``CAP_NET_RAW`` and ``CAP_MKNOD``. What else it may touch is the container runtime's business (its masked
+``/proc``, its capability set, its seccomp profile); snapfs adds no seccomp filter here: without
+``CAP_SYS_ADMIN`` one needs ``no_new_privs``, which would break setuid binaries (``su``, ``sudo``) in steps.
+When its command exits, its process group and everything left in its session are killed, and orphans it left
+to us are reaped. Exit codes follow ``sandbox.run``: 127 not found, 126 not executable, 128+N when killed by
+signal N.
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import io
 import logging
@@ -24,15 +29,44 @@ from .rootfs import split_path
 
 log = logging.getLogger("snapfs.incontainer")
 
+# One line per way of getting here, each true of where the step runs.
 DIRECT_MESSAGE = "isolation not available: running RUN steps directly in the container (as Kaniko does)"
+UNAVAILABLE_MESSAGE = ("isolation not available: RUN steps run without namespaces or seccomp, chrooted into "
+                       "the stage root on this machine")
+NONE_MESSAGE = ("isolation none: RUN steps run without namespaces or seccomp, chrooted into the stage root on "
+                "this machine with the builder's capabilities less NET_RAW and MKNOD: they can reach its "
+                "processes, network and kernel")
 _STRAGGLER_ROUNDS = 50
+# Taken from every step, as in the sandbox: raw sockets would let a step sniff the network it shares (a pod's
+# lo carries its sidecars' traffic), device nodes would let it reach the node's disks.
+STEP_DROPPED_CAPS = {13: "CAP_NET_RAW", 27: "CAP_MKNOD"}
+PR_CAPBSET_READ, PR_CAPBSET_DROP = 23, 24
 _PUMP_GRACE = 5.0
 
 
+UNCONFINED_MESSAGE = ("this container has no seccomp filter: RUN steps may make any syscall the container's "
+                      "capabilities allow (run the pod with seccompProfile: RuntimeDefault)")
+
+
 @functools.cache
-def announce_direct() -> None:
-    """Say once per process that RUN steps run without isolation."""
-    log.warning(DIRECT_MESSAGE)
+def announce_direct(message: str = DIRECT_MESSAGE) -> None:
+    """Say once per process (and message) that RUN steps run without isolation; in a container, also when the
+    runtime gave it no seccomp filter, since snapfs adds none there."""
+    log.warning(message)
+    if message == DIRECT_MESSAGE and not seccomp_confined():
+        log.warning(UNCONFINED_MESSAGE)
+
+
+def seccomp_confined(status: str = "/proc/self/status") -> bool:
+    """Whether a seccomp filter is on this process (``Seccomp: 2``); True when the kernel does not say."""
+    try:
+        with open(status) as f:
+            for line in f:
+                if line.startswith("Seccomp:"):
+                    return line.split()[1] != "0"
+    except OSError:
+        pass
+    return True
 
 
 def runner(isolation: str = "auto") -> Callable[..., Any]:
@@ -42,8 +76,11 @@ def runner(isolation: str = "auto") -> Callable[..., Any]:
 
     if isolation not in ("auto", "namespaces", "none"):
         raise UsageError(f"unknown isolation {isolation!r} (choose auto, namespaces or none)")
-    if isolation == "none" or (isolation == "auto" and not sandbox.isolation_available()):
-        announce_direct()
+    if isolation == "none":
+        announce_direct(NONE_MESSAGE)
+        return run_direct
+    if isolation == "auto" and not sandbox.isolation_available():
+        announce_direct(UNAVAILABLE_MESSAGE)
         return run_direct
     if not sandbox.isolation_available():
         raise NotSupportedError("isolation=namespaces: this process may not create mount and PID namespaces "
@@ -56,9 +93,10 @@ def run_direct(spec, *, stdout: IO[Any] | None = None, stderr: IO[Any] | None = 
 
     The step runs in a new session (``setsid``), as the user of ``spec.user`` resolved in the root's own
     ``/etc/passwd``/``group`` (supplementary groups, gid, uid), in ``spec.workdir`` (created 0755, owned by the
-    user, like the sandbox does), with exactly ``spec.env`` plus ``PATH``/``HOME`` defaults, umask 022 and
-    default signal handling; its stdin is ``/dev/null`` unless ``spec.stdin``. When the command exits, its
-    process group and every process still in its session are killed. ``spec.root`` is ``/`` in real use; any
+    user, like the sandbox does), with exactly ``spec.env`` plus ``PATH``/``HOME`` defaults, umask 022,
+    default signal handling and without ``CAP_NET_RAW`` and ``CAP_MKNOD`` (:func:`_popen_without_caps`); its
+    stdin is ``/dev/null`` unless ``spec.stdin``. When the command exits, its process group and every process
+    still in its session are killed. ``spec.root`` is ``/`` in real use; any
     other root is entered with ``chroot`` (``CAP_SYS_CHROOT``, which a default pod has), for tests.
 
     ``RUN --mount`` and ``--network=none`` need namespaces: :class:`NotSupportedError`. Returns a
@@ -116,7 +154,7 @@ def run_direct(spec, *, stdout: IO[Any] | None = None, stderr: IO[Any] | None = 
     else:
         kwargs.update(preexec_fn=functools.partial(_enter, root, workdir, user.uid, user.gid, user.groups))
     try:
-        proc = subprocess.Popen(list(spec.argv), **kwargs)
+        proc = _popen_without_caps(list(spec.argv), kwargs)
     except FileNotFoundError:
         where = "executable file not found in $PATH" if "/" not in spec.argv[0] else "no such file or directory"
         return _failed(spec, stderr, f"snapfs: exec {spec.argv[0]!r}: {where}", 127, started)
@@ -146,6 +184,48 @@ def run_direct(spec, *, stdout: IO[Any] | None = None, stderr: IO[Any] | None = 
         t.join(_PUMP_GRACE)  # a daemon that escaped the session may hold the pipe; do not wait for it forever
     code = 128 - status if status < 0 else status
     return RunResult(exit_code=code, seconds=time.monotonic() - started, created=())
+
+
+def _popen_without_caps(argv: list[str], kwargs: dict) -> subprocess.Popen:
+    """``Popen`` from a short-lived thread whose capability bounding set lacks :data:`STEP_DROPPED_CAPS`.
+
+    The bounding set is per thread and a child inherits its forking thread's, so the step cannot gain those
+    capabilities while the builder's own threads keep theirs (it may still need them, e.g. to unpack a device
+    node of a base image). Dropping needs ``CAP_SETPCAP``, which a default container has; without it the step
+    keeps what the container gives, as under Kaniko, and a warning says so once.
+    """
+    box: dict[str, Any] = {}
+
+    def spawn() -> None:
+        try:
+            kept = _drop_bounding(STEP_DROPPED_CAPS)
+            if kept:
+                _warn_kept(", ".join(sorted(kept)))
+            box["proc"] = subprocess.Popen(argv, **kwargs)
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    t = threading.Thread(target=spawn, name="snapfs-run-spawn")
+    t.start()
+    t.join()
+    if "error" in box:
+        raise box["error"]
+    return box["proc"]
+
+
+def _drop_bounding(caps: dict[int, str]) -> set[str]:
+    """Drop ``caps`` from the calling thread's bounding set; the names of those still in it afterwards."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    kept = set()
+    for cap, name in caps.items():
+        if libc.prctl(PR_CAPBSET_READ, cap, 0, 0, 0) == 1 and libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            kept.add(name)
+    return kept
+
+
+@functools.cache
+def _warn_kept(names: str) -> None:
+    log.warning("RUN steps keep %s: this container does not allow dropping capabilities (no CAP_SETPCAP)", names)
 
 
 def _enter(root: str, workdir: str, uid: int, gid: int, groups: tuple[int, ...]) -> None:

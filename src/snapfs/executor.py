@@ -197,7 +197,8 @@ def copy_step(state: StageState, opts: StageOptions, instruction, *, index: int,
             target = dest.rstrip("/") + "/" + inline.name if dest.endswith("/") or several else dest
             mode = chmod.apply(0o100644, is_dir=False) if chmod else 0o644
             path = imageconfig.resolve_workdir(workdir, target).lstrip("/")
-            write_inline(root, path, inline.data.encode(), owner=owner, mode=mode,
+            data = inline.data.encode("utf-8", "surrogateescape")  # the Dockerfile's bytes, as BuildKit writes them
+            write_inline(root, path, data, owner=owner, mode=mode,
                          mtime_ns=None if opts.epoch is None else opts.epoch * 10**9)
             touched.append(path)
         if staged is not None:

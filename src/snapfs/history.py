@@ -5,12 +5,17 @@
 CMD and ENTRYPOINT), RUN with the stage's ARG values as ``|N K=V ...``, COPY and ADD with their
 ``--chown``/``--chmod``/``--parents`` flags (never ``--from``) and ``# buildkit`` after the steps that make a
 layer. ONBUILD writes no entry.
+
+One difference on purpose: every entry goes through :func:`snapfs.redact.redact_url`, so ``ADD
+https://user:password@host/f`` or a presigned URL is recorded as ``ADD https://***@host/f``. BuildKit records the
+instruction as written; an image's history is public wherever the image is, credentials must not be.
 """
 from __future__ import annotations
 
 import json
 
 from . import instructions as ins
+from .redact import redact_url
 
 SUFFIX = " # buildkit"
 
@@ -27,6 +32,11 @@ def go_list(items) -> str:
 
 def metadata(i, *, config: dict, arg_values: dict[str, str]) -> str | None:
     """The entry for a metadata instruction, after it was applied to ``config`` (None: no entry)."""
+    text = _metadata(i, config=config, arg_values=arg_values)
+    return None if text is None else redact_url(text)
+
+
+def _metadata(i, *, config: dict, arg_values: dict[str, str]) -> str | None:
     c = config.get("config", {})
     if isinstance(i, ins.Env):
         return "ENV " + " ".join(f"{k}={v}" for k, v in i.pairs)
@@ -60,7 +70,7 @@ def metadata(i, *, config: dict, arg_values: dict[str, str]) -> str | None:
 
 def run(argv, args: list[tuple[str, str]]) -> str:
     prefix = f"|{len(args)} " + " ".join(f"{k}={v}" for k, v in args) + " " if args else ""
-    return "RUN " + prefix + " ".join(argv) + SUFFIX
+    return redact_url("RUN " + prefix + " ".join(argv) + SUFFIX)
 
 
 def copy(i) -> str:
@@ -73,4 +83,4 @@ def copy(i) -> str:
     if getattr(i, "parents", False):
         flags.append("--parents")
     parts = [word, *flags, *(f"<<{f.name}" for f in i.inline), *i.sources, i.dest]
-    return " ".join(parts) + SUFFIX
+    return redact_url(" ".join(parts) + SUFFIX)

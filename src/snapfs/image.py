@@ -70,6 +70,15 @@ def _load_json(data: bytes, what: str) -> dict:
     return obj
 
 
+def _load_document(data: bytes, what: str) -> dict:
+    """A manifest or index: one that is both would be an image to one client and an index to another
+    (CVE-2021-41190), so it is refused whichever way it is read."""
+    obj = _load_json(data, what)
+    if "layers" in obj and "manifests" in obj:
+        raise InputError(f'{what} is ambiguous: it holds both "layers" and "manifests"')
+    return obj
+
+
 # --------------------------------------------------------------------------------------------- platforms
 
 _ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "i386": "386", "i686": "386",
@@ -182,7 +191,7 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, media_type: str = "") -> Manifest:
-        obj = _load_json(data, "manifest")
+        obj = _load_document(data, "manifest")
         mt = str(obj.get("mediaType") or media_type or OCI_MANIFEST)
         if mt not in MANIFEST_TYPES:
             raise InputError(f"unsupported manifest media type {mt!r}")
@@ -212,7 +221,7 @@ class Index:
 
     @classmethod
     def from_bytes(cls, data: bytes, *, media_type: str = "") -> Index:
-        obj = _load_json(data, "image index")
+        obj = _load_document(data, "image index")
         mt = str(obj.get("mediaType") or media_type or OCI_INDEX)
         manifests = obj.get("manifests")
         if not isinstance(manifests, list):
@@ -231,7 +240,7 @@ class Index:
 
 def sniff_media_type(data: bytes, content_type: str = "") -> str:
     """The media type of a manifest or index: its ``mediaType`` field, else the HTTP type, else by shape."""
-    obj = _load_json(data, "manifest")
+    obj = _load_document(data, "manifest")
     mt = obj.get("mediaType")
     if isinstance(mt, str) and mt:
         return mt

@@ -2,11 +2,16 @@
 
 The config is the OCI/Docker image config as a dict; ``apply_instruction`` returns a new dict and never
 touches the filesystem. History entries follow what BuildKit writes, so `docker history` reads the same.
+
+Encoding: a Dockerfile is read as bytes (``surrogateescape``), so bytes that are not UTF-8 reach RUN's argv and
+environment unchanged, as in BuildKit (Go strings are bytes). JSON must be UTF-8: :func:`finish` replaces each
+such byte with U+FFFD in the written config and history, which is what Go's ``json.Marshal`` does.
 """
 from __future__ import annotations
 
 import copy
 import posixpath
+import re
 from dataclasses import dataclass, field
 
 from . import instructions as ins
@@ -149,9 +154,24 @@ def history_entry(created_by: str, *, created: str, empty_layer: bool) -> dict:
 
 
 def finish(stage: StageConfig, *, diff_ids: list[str], created: str) -> dict:
-    """The config to write: history and rootfs put back, ``created`` set."""
+    """The config to write: history and rootfs put back, ``created`` set, every string valid UTF-8."""
     cfg = copy.deepcopy(stage.config)
     cfg["created"] = created
     cfg["history"] = stage.history
     cfg["rootfs"] = {"type": "layers", "diff_ids": list(diff_ids)}
-    return cfg
+    return json_safe(cfg)
+
+
+def json_safe(value):
+    """``value`` with every undecodable byte (a lone surrogate from ``surrogateescape``) in its strings, dict keys
+    included, replaced by U+FFFD: one replacement per byte, as Go's ``json.Marshal`` writes it."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value) if _SURROGATE.search(value) else value
+    if isinstance(value, dict):
+        return {json_safe(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")

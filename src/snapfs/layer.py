@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from .compress import BlockWriter, DigestWriter, ThreadedDigest, check_compression, compressing_writer
 from .changes import Diff
 from .errors import InputError, LayerError
+from .limits import MAX_DEPTH
+from .rootfs import TreeView
 from .rows import RECORD, Entry, path_key
 from .snapshot import Snapshot
 from .tarheader import header
@@ -89,7 +91,8 @@ def write_layer(d: Diff, out_path: str, *, compression: str = "gzip", level: int
             tar = ThreadedDigest(comp)
             blocks = BlockWriter(tar)
             try:
-                _write_tar(blocks, items, d.new, epoch)
+                with TreeView(d.new.root) as view:
+                    _write_tar(blocks, items, view, epoch)
                 blocks.flush()
             finally:
                 tar.close()
@@ -111,6 +114,10 @@ def write_layer(d: Diff, out_path: str, *, compression: str = "gzip", level: int
 def plan_entries(d: Diff, *, opaque: bool = True) -> tuple[list[_Item], int, int]:
     """The sorted tar entries for ``d``: changes, whiteouts, opaque subtrees and the parents they need."""
     new = d.new
+    for c in d.changes:
+        # Never deeper than the applier accepts (a snapshot loaded from a file was not walked under the limit).
+        if c.path.count("/") >= MAX_DEPTH:
+            raise LayerError(f"{c.path[:100]}...: deeper than {MAX_DEPTH} levels (snapfs's depth limit)")
     index = _PathIndex(new)
     opaque_dirs = _choose_opaque(d, index) if opaque else set()
     items: dict[str, _Item] = {}
@@ -143,6 +150,12 @@ def plan_entries(d: Diff, *, opaque: bool = True) -> tuple[list[_Item], int, int
                 raise LayerError(f"{parent}: parent of {path} is missing from the new tree")
             items[parent] = _Item(parent, new.entry(i))
             parent = _split(parent)[0]
+    # An entry below a symlink would let an extractor write through the link: never put one in a layer.
+    for path in items:
+        parent = _split(path)[0]
+        pe = items[parent].entry if parent else None
+        if parent and (pe is None or not pe.is_dir):
+            raise LayerError(f"{path}: refusing a layer entry whose parent {parent} is not a directory")
     ordered = sorted(items.values(), key=lambda it: path_key(os.fsencode(it.path)))
     return ordered, n_wh, len(opaque_dirs)
 
@@ -219,7 +232,7 @@ class _PathIndex:
 
 # ---- writing --------------------------------------------------------------------------------------------
 
-def _write_tar(out: BlockWriter, items: list[_Item], new: Snapshot, epoch: int | None) -> None:
+def _write_tar(out: BlockWriter, items: list[_Item], view: TreeView, epoch: int | None) -> None:
     first_of_inode: dict[tuple[int, int], str] = {}
     buf = bytearray(_READ)
     for it in items:
@@ -239,7 +252,7 @@ def _write_tar(out: BlockWriter, items: list[_Item], new: Snapshot, epoch: int |
             first_of_inode[key] = it.path
         out.write(_header(e, it.path, mtime))
         if e.is_reg and e.size:
-            _copy_content(out, new, e, buf)
+            _copy_content(out, view, e, buf)
     out.write(b"\0" * (2 * _BLOCK))
 
 
@@ -266,10 +279,12 @@ def _whiteout_header(path: str, epoch: int | None) -> bytes:
     return header(path, typ=tarfile.REGTYPE, mode=0, uid=0, gid=0, mtime=epoch or 0)
 
 
-def _copy_content(out: BlockWriter, new: Snapshot, e: Entry, buf: bytearray) -> None:
-    full = new.full_path(e.path)
+def _copy_content(out: BlockWriter, view: TreeView, e: Entry, buf: bytearray) -> None:
+    # Opened component by component without following any symlink: a file is read only where the snapshot
+    # saw it, never through a link a later change planted in one of its parents.
+    full = os.path.join(os.fsdecode(view.root), e.path)
     try:
-        fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = view.open(e.path)
     except OSError as exc:
         raise InputError(f"{full}: cannot read: {exc.strerror}") from None
     try:

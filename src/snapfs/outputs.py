@@ -1,23 +1,26 @@
 """Where a built image goes, and where a base image comes from: the façade over remote, layout and tarball.
 
-``write_outputs`` is what the builder calls at the end: local outputs first (``--tar-path``,
-``--oci-layout-path``), then the push to every ``--destination`` (unless ``--no-push``), then the digest files,
-which are written only once the image really exists where they say. ``load_image`` opens a base image from a
-registry reference, ``oci:DIR[:REF]`` or ``docker-archive:FILE[:TAG]``, so a build can run with no registry.
+``check_destinations`` is what the builder calls before its first step: push access to every ``--destination``
+(Kaniko's permission check), so a wrong password or an unreachable registry fails in seconds, not after the build.
+``write_outputs`` is what it calls at the end: the push to every ``--destination`` first (unless ``--no-push``),
+then the local outputs (``--tar-path``, ``--oci-layout-path``) and the digest files, so a failed push leaves
+nothing behind that looks like a finished build. ``load_image`` opens a base image from a registry reference,
+``oci:DIR[:REF]`` or ``docker-archive:FILE[:TAG]``, so a build can run with no registry.
 """
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
 
 from .blobcache import BlobStore
 from .errors import InputError
 from .image import Image, Platform
 from .layout import atomic_write, read_layout, split_layout_spec, write_layout
 from .reference import Reference, parse_reference
-from .registry import RegistryClient, pull_image, push_image
+from .registry import RegistryClient, RegistryOptions, pull_image, push_image
+from .registry_push import check_push_access
 from .tarball import read_tarball, write_tarball
 
 log = logging.getLogger("snapfs.outputs")
@@ -36,6 +39,11 @@ class OutputOptions:
     digest_file: str | None = None
     image_name_with_digest_file: str | None = None
     image_name_tag_with_digest_file: str | None = None
+    check_push_access: bool = True  # False: --skip-push-permission-check
+
+    @property
+    def pushes(self) -> bool:
+        return bool(self.destinations) and not self.no_push
 
 
 def write_digest_files(digest: str, destinations: Sequence[Reference], *, digest_file: str | None = None,
@@ -54,7 +62,13 @@ def write_digest_files(digest: str, destinations: Sequence[Reference], *, digest
 
 def write_outputs(image: Image, options: OutputOptions, *, client: RegistryClient | None = None,
                   mount_from: Sequence[Reference] = ()) -> str:
-    """Write ``image`` everywhere ``options`` says; returns its manifest digest."""
+    """Write ``image`` everywhere ``options`` says; returns its manifest digest.
+
+    The push comes first: when it fails, no layout, tarball or digest file is written."""
+    if options.pushes:
+        if client is None:
+            raise InputError("write_outputs: pushing needs a registry client")
+        push_image(client, image, options.destinations, mount_from=mount_from)
     if options.tar_path:
         write_tarball(options.tar_path, image, tags=options.destinations)
         log.info("wrote docker archive %s", options.tar_path)
@@ -62,14 +76,22 @@ def write_outputs(image: Image, options: OutputOptions, *, client: RegistryClien
         name = options.destinations[0].tag if options.destinations else None
         write_layout(options.oci_layout_path, image, ref_name=name)
         log.info("wrote OCI layout %s", options.oci_layout_path)
-    if options.destinations and not options.no_push:
-        if client is None:
-            raise InputError("write_outputs: pushing needs a registry client")
-        push_image(client, image, options.destinations, mount_from=mount_from)
     write_digest_files(image.digest, options.destinations, digest_file=options.digest_file,
                        image_name_with_digest_file=options.image_name_with_digest_file,
                        image_name_tag_with_digest_file=options.image_name_tag_with_digest_file)
     return image.digest
+
+
+def check_destinations(options: OutputOptions, registry: RegistryOptions, *,
+                       credentials: Callable | None = None) -> None:
+    """Before the first step: fail now if any destination refuses a push (skipped with --no-push or
+    --skip-push-permission-check). At most one retry per request: the point is to fail fast."""
+    if not options.pushes or not options.check_push_access:
+        return
+    quick = replace(registry, request_retries=min(registry.request_retries, 1))
+    with RegistryClient(quick, credentials=credentials) as client:
+        for dest in options.destinations:
+            check_push_access(client, dest)
 
 
 def is_local_spec(spec: str) -> bool:

@@ -5,7 +5,8 @@ per registry), the credential lookup, the auth state per host and one connection
 Every request goes through ``request``: it attaches credentials only when the URL is the registry's own origin,
 follows redirects itself (so Authorization never travels to another host), answers 401 challenges once, and
 retries connection errors, 5xx and 429 with exponential backoff and jitter (honouring ``Retry-After``), never
-400/401/403/404. Pulling lives in ``registry_pull``, pushing in ``registry_push``; both are re-exported here.
+400/401/403/404 and never a TLS failure that no retry can fix (a certificate that fails verification, a server
+that does not speak TLS). Pulling lives in ``registry_pull``, pushing in ``registry_push``; both are re-exported here.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import httpx
 
 from .credentials import ANONYMOUS, Credential, CredentialSource
 from .errors import RegistryError, UsageError
+from .redact import redact_url as _redact_url
 from .registry_auth import NO_AUTH, Authenticator, parse_challenge
 
 log = logging.getLogger("snapfs.registry")
@@ -55,6 +57,13 @@ class RegistryConnectionError(RegistryError):
     """The connection failed or broke (after the allowed retries)."""
 
     transient = True
+
+
+class RegistryTLSError(RegistryError):
+    """The registry's certificate failed verification: a setting to fix, never retried, never a reason to fall
+    back to plain HTTP."""
+
+    transient = False
 
 
 @dataclass(frozen=True)
@@ -100,13 +109,9 @@ class RegistryOptions:
                                                            self.skip_tls_verify)
 
 
-def redact_url(url: str) -> str:
-    """A URL for messages: no query (upload state), no userinfo."""
-    parts = urlsplit(str(url))
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}"
+def redact_url(url) -> str:
+    """A URL for messages: the package's one rule (:func:`snapfs.redact.redact_url`; upload ``_state`` masked)."""
+    return _redact_url(str(url))
 
 
 def origin(url: str) -> tuple[str, str, int]:
@@ -127,6 +132,28 @@ def retry_after_seconds(value: str | None, *, cap: float) -> float | None:
         except (TypeError, ValueError):
             return None
     return max(0.0, min(seconds, cap))
+
+
+def tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error under an httpx transport error when retrying cannot help: a certificate that failed
+    verification, or a server that does not speak TLS at all. Other SSL errors (a cut handshake) may be transient."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return exc
+        if type(exc) is ssl.SSLError and getattr(exc, "reason", "") in ("WRONG_VERSION_NUMBER", "HTTP_REQUEST",
+                                                                          "RECORD_LAYER_FAILURE"):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def tls_error(host: str, exc: ssl.SSLCertVerificationError) -> RegistryTLSError:
+    """A one-line message naming the certificate problem and the flags that fix it (never plain HTTP)."""
+    why = exc.verify_message or exc.reason or "certificate rejected"
+    return RegistryTLSError(f"{host}: TLS certificate verify failed: {why} (trust the registry's CA with "
+                            f"--registry-certificate {host}=CA.pem, or skip verification with "
+                            f"--skip-tls-verify-registry {host})")
 
 
 def describe_transport_error(exc: Exception) -> str:
@@ -288,7 +315,10 @@ class RegistryClient:
             try:
                 resp = self._follow(method, url, headers=headers, body=body, pull=pull)
             except httpx.TransportError as exc:
-                if attempt < retries:
+                bad_tls = tls_failure(exc)
+                if isinstance(bad_tls, ssl.SSLCertVerificationError):
+                    raise tls_error(urlsplit(url).netloc, bad_tls) from None
+                if bad_tls is None and attempt < retries:
                     delay = self.backoff(attempt)
                     log.info("%s %s: %s; retrying in %.1fs", method, redact_url(url), describe_transport_error(exc),
                              delay)
@@ -432,5 +462,5 @@ def push_scope(repository: str) -> str:
 from .registry_pull import pull_image  # noqa: E402  (re-exported: the façade the builder calls)
 from .registry_push import push_image  # noqa: E402
 
-__all__ = ["RegistryClient", "RegistryConnectionError", "RegistryHTTPError", "RegistryOptions", "pull_image",
-           "push_image"]
+__all__ = ["RegistryClient", "RegistryConnectionError", "RegistryHTTPError", "RegistryOptions", "RegistryTLSError",
+           "pull_image", "push_image"]

@@ -138,8 +138,12 @@ class Puller:
         want = expect or (header_digest if header_digest.startswith("sha256:") else None)
         if want and got != want:
             raise BlobMismatch(f"manifest of {self.ref}: content digest {got} does not match {want}")
+        try:  # checked before it is cached: a hostile document must not wait in the store for the next pull
+            media_type = sniff_media_type(data, content_type)
+        except InputError as exc:
+            raise RegistryError(f"{self.ref}: {exc.message}") from None
         self.store.put_bytes(data, digest=got)
-        return data, sniff_media_type(data, content_type)
+        return data, media_type
 
     def pull(self, want: Platform) -> Image:
         data, media_type = self._manifest(self.ref.identifier, expect=self.ref.digest)

@@ -65,6 +65,28 @@ def push_image(client: RegistryClient, image: Image, destinations: Sequence[Refe
     return image.digest
 
 
+def check_push_access(client: RegistryClient, dest: Reference) -> None:
+    """Kaniko's push permission check: the push token (where the registry uses tokens) and an upload session
+    opened then cancelled. That needs the same rights as a real push and leaves nothing behind."""
+    scopes = (push_scope(dest.repository),)
+    try:
+        resp = client.request("POST", f"/v2/{dest.repository}/blobs/uploads/", host=dest.api_host, scopes=scopes,
+                              pull=False, ok=(202,), what=str(dest))
+    except RegistryError as exc:
+        why = exc.message.removeprefix(f"{dest}: ")
+        raise RegistryError(f"cannot push to {dest} (checked before the first step): {why}",
+                            exit_code=exc.exit_code) from None
+    resp.close()
+    location = resp.headers.get("location")
+    if location:
+        try:
+            client.request("DELETE", urljoin(str(resp.request.url), location), host=dest.api_host, scopes=scopes,
+                           pull=False, ok=(200, 202, 204, 404), retries=0, what=str(dest)).close()
+        except RegistryError as exc:  # an abandoned session expires on its own; the access is what we checked
+            log.debug("%s: could not cancel the test upload: %s", dest, exc.message)
+    log.info("%s: push access checked", dest)
+
+
 def put_manifest(client: RegistryClient, dest: Reference, data: bytes, *, media_type: str, digest: str) -> None:
     """``PUT`` the manifest under the destination's tag (or digest) and check the digest the registry reports."""
     resp = client.request("PUT", f"/v2/{dest.repository}/manifests/{dest.tag or dest.digest or digest}",

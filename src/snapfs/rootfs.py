@@ -9,12 +9,14 @@ followed unless asked, so callers act on the symlink itself, never on what it po
 
 Errors are ``OSError`` with the errno the kernel would give (``ENOENT``, ``ENOTDIR``, ``ELOOP``); callers add the
 context (layer and entry name).
+
+``TreeView`` is the other reading of a path, the one snapshots and layers need: no symlink is followed at any
+component, so a path below a symlink is simply not in the tree (as the walker records it).
 """
 from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 from collections import OrderedDict, deque
 from contextlib import contextmanager
@@ -27,7 +29,10 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 def split_path(path: str) -> list[str]:
     """Components of ``path`` without empty ones and ``.``; ``..`` is kept for the walk to clamp."""
-    return [c for c in path.split("/") if c and c != "."]
+    parts = path.split("/")
+    if "" in parts or "." in parts:  # the per-component filter only when needed: deep paths are long
+        parts = [c for c in parts if c and c != "."]
+    return parts
 
 
 def lstat_at(dir_fd: int, name: str) -> os.stat_result | None:
@@ -44,11 +49,71 @@ def remove_at(dir_fd: int, name: str, st: os.stat_result | None = None) -> bool:
     if st is None:
         return False
     if stat.S_ISDIR(st.st_mode):
-        # With dir_fd, rmtree walks by fd and refuses to follow symlinks, so it cannot escape the tree.
-        shutil.rmtree(name, dir_fd=dir_fd)
+        remove_tree(dir_fd, name)
     else:
         os.unlink(name, dir_fd=dir_fd)
     return True
+
+
+def remove_tree(dir_fd: int, name: str) -> None:
+    """Remove the directory ``name`` in ``dir_fd`` with everything below it, however deep it goes.
+
+    No recursion and one fd at a time (shutil.rmtree recurses and holds an fd per level, so a tree a few
+    thousand levels deep ends in RecursionError or EMFILE). Nothing is followed: symlinks are unlinked
+    themselves, each level is opened ``O_NOFOLLOW`` from its parent, and the way back up is ``..`` checked
+    against the identity recorded on the way down.
+    """
+    fd = open_dir_at(dir_fd, name)
+    try:
+        # One frame per level: (st_dev, st_ino, name in its parent, subdirectories still to remove).
+        frames = [(*_identity(fd), name, _unlink_files(fd))]
+        while True:
+            pending = frames[-1][3]
+            if pending:
+                sub = pending.pop()
+                try:
+                    child = open_dir_at(fd, sub)
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                        raise
+                    os.unlink(sub, dir_fd=fd)  # not a directory any more
+                    continue
+                os.close(fd)
+                fd = child
+                frames.append((*_identity(fd), sub, _unlink_files(fd)))
+                continue
+            done = frames.pop()
+            if not frames:
+                break
+            parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = parent
+            if _identity(fd) != frames[-1][:2]:
+                raise OSError(errno.EBUSY, "directory moved while its tree was being removed", done[2])
+            os.rmdir(done[2], dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=dir_fd)
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def _unlink_files(fd: int) -> list[str]:
+    """Unlink every non-directory in the directory ``fd``; the names of its subdirectories."""
+    with os.scandir(fd) as it:
+        entries = list(it)  # listed first: unlinking while the directory is being read may skip entries
+    subdirs = []
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            subdirs.append(entry.name)
+        else:
+            os.unlink(entry.name, dir_fd=fd)
+    return subdirs
 
 
 def open_dir_at(dir_fd: int, name: str) -> int:
@@ -102,6 +167,14 @@ class RootFS:
             if hit is not None:
                 cache.move_to_end(tuple(parts[:-1]))
                 return os.dup(hit), parts[-1]
+            # Tars list a directory before its contents: the parent is usually one plain step below a cached
+            # directory, and taking that step keeps a deep tree linear instead of a walk from the root per entry.
+            up = cache.get(tuple(parts[:-2])) if len(parts) > 2 else None
+            if up is not None:
+                kind, fd = _step(up, parts[-2], create=make_parents)
+                if kind == "dir":
+                    self._remember(tuple(parts[:-1]), fd)
+                    return fd, parts[-1]
         todo = deque(parts)
         stack = [self.fd]  # fds of the directories walked so far; stack[0] is the root and is never closed
         names: list[str] = []
@@ -221,3 +294,94 @@ def _make_dir(dir_fd: int, name: str) -> None:
         os.fchmod(fd, 0o755)
     finally:
         os.close(fd)
+
+
+_VIEW_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP)
+
+
+class TreeView:
+    """Read-only access to a tree's entries exactly as the walker records them.
+
+    Every component is opened with ``O_NOFOLLOW`` relative to its parent's fd, so an entry below a symlink (or
+    below a file) simply does not exist, whatever the symlink points to: reading a snapshot's paths again after
+    a step replaced ``/d`` with a link to a host directory never reaches the host. Paths longer than
+    ``PATH_MAX`` work. The parent chain of the last lookup is kept, so lookups in component order cost one
+    open per new component (at most one fd per level of the deepest path looked up).
+    """
+
+    def __init__(self, root: str | bytes | os.PathLike) -> None:
+        self.root = os.fsencode(root)
+        self.fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._names: list[bytes] = []
+        self._fds: list[int] = []
+
+    def close(self) -> None:
+        self._trim(0)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> TreeView:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _trim(self, keep: int) -> None:
+        while len(self._fds) > keep:
+            os.close(self._fds.pop())
+            self._names.pop()
+
+    def parent(self, rel: str | bytes) -> tuple[int, bytes] | None:
+        """(fd of the directory holding ``rel``, its last name), or None when a parent is missing or not a
+        directory. The fd is borrowed: it stays valid until the next lookup or ``close``."""
+        parts = [p for p in os.fsencode(rel).split(b"/") if p and p != b"."]
+        if not parts or b".." in parts:
+            raise ValueError(f"not a relative entry path: {rel!r}")
+        dirs = parts[:-1]
+        k = 0
+        while k < len(dirs) and k < len(self._names) and self._names[k] == dirs[k]:
+            k += 1
+        self._trim(k)
+        for name in dirs[k:]:
+            try:
+                fd = os.open(name, _VIEW_FLAGS, dir_fd=self._fds[-1] if self._fds else self.fd)
+            except OSError as exc:
+                if exc.errno in _ABSENT:
+                    return None
+                raise
+            self._fds.append(fd)
+            self._names.append(name)
+        return (self._fds[-1] if self._fds else self.fd), parts[-1]
+
+    def lstat(self, rel: str | bytes) -> os.stat_result | None:
+        """The entry's own stat (a symlink is not followed), or None when the walker would not see it."""
+        at = self.parent(rel)
+        if at is None:
+            return None
+        try:
+            return os.stat(at[1], dir_fd=at[0], follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno in _ABSENT:
+                return None
+            raise
+
+    def open(self, rel: str | bytes, flags: int = os.O_RDONLY) -> int:
+        """Open the entry itself (``O_NOFOLLOW`` added); FileNotFoundError when it is not in the tree."""
+        at = self.parent(rel)
+        if at is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), os.fsdecode(rel))
+        return os.open(at[1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=at[0])
+
+    def readlink(self, rel: str | bytes) -> bytes:
+        at = self.parent(rel)
+        if at is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), os.fsdecode(rel))
+        return os.readlink(at[1], dir_fd=at[0])
+
+    def fd_path(self, rel: str | bytes) -> bytes | None:
+        """A short path naming the entry through its parent's fd (``/proc/self/fd/N/name``), for calls that
+        take no dir fd (xattrs); the final name is not followed by ``follow_symlinks=False`` callers."""
+        at = self.parent(rel)
+        return None if at is None else b"/proc/self/fd/%d/%s" % at

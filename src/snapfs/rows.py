@@ -6,11 +6,14 @@ except that '/' sorts first, which is the order of a depth-first walk with sorte
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import struct
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
+
+from .errors import InputError
 
 RECORD = struct.Struct("<QqqQQQQQIIIIIIII")
 assert RECORD.size == 96
@@ -122,3 +125,64 @@ def add_xattrs(root: bytes, records: bytes, names: bytes, extras: bytes, *, scan
         struct.pack_into("<I", recs, off + 84, len(blob))
         ext += blob
     return bytes(recs), bytes(ext)
+
+
+def too_deep(root: bytes, rel: bytes, max_depth: int):
+    """The error for entry ``rel`` nested more than ``max_depth`` levels below ``root``."""
+    return TooDeep(os.fsencode(root), bytes(rel), max_depth)
+
+
+class TooDeep(InputError):
+    """A tree nested deeper than the limit: one line naming the start of the path (the whole path can be
+    hundreds of kilobytes); ``rel`` keeps the whole path for callers that walked a subtree."""
+
+    def __init__(self, root: bytes, rel: bytes, max_depth: int) -> None:
+        self.root, self.rel, self.max_depth = root, rel, max_depth
+        parts = rel.split(b"/")
+        head = b"/".join(parts[:4]) + (b"/..." if len(parts) > 4 else b"")
+        where = os.fsdecode(root.rstrip(b"/") + b"/" + head)
+        super().__init__(f"{where}: directory tree nested deeper than {max_depth} levels (snapfs's depth limit)")
+
+
+def fd_room(max_depth: int) -> None:
+    """A walk keeps one fd per level: make sure the soft RLIMIT_NOFILE leaves room for ``max_depth`` of them
+    on top of what the process already uses (raised up to the hard limit, as Go's runtime does)."""
+    import resource
+
+    want = max_depth + 512
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if new > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+
+
+def long_path_xattrs(root: bytes, records, names, rows: list[int]) -> list[tuple[int, bytes]]:
+    """Kept xattrs of the regular files and directories ``rows`` whose full paths are too long for a path
+    syscall: reached through directory fds instead (``TreeView``), never following a symlink."""
+    from .rootfs import TreeView
+
+    out = []
+    with TreeView(root) as view:
+        for i in rows:
+            t = RECORD.unpack_from(records, i * RECORD.size)
+            rel = bytes(names[t[6]:t[6] + t[12]])
+            found = []
+            try:
+                path = view.fd_path(rel)
+                for name in os.listxattr(path, follow_symlinks=False) if path else ():
+                    b = name.encode("utf-8", "surrogateescape")
+                    if b == b"security.capability" or b.startswith(b"user."):
+                        try:
+                            found.append((b, os.getxattr(path, name, follow_symlinks=False)))
+                        except OSError as exc:
+                            if exc.errno != errno.ENODATA:
+                                raise
+            except OSError as exc:
+                if exc.errno in (errno.ENOTSUP, errno.ENOENT):
+                    continue
+                raise InputError(f"{os.fsdecode(root)}/{os.fsdecode(rel)}: listing xattrs failed: "
+                                 f"{os.strerror(exc.errno)}") from None
+            if found:
+                out.append((i, encode_extra(b"", found)))
+    return out

@@ -232,7 +232,8 @@ class StepRunner:
                                  mode=m.mode if m.mode is not None else 0o400, uid=m.uid or 0, gid=m.gid or 0)
         if m.type == "cache":
             cid = m.id or target
-            path = os.path.join(self.b.cache_dir, "run-cache", hashlib.sha256(cid.encode()).hexdigest()[:32])
+            key = hashlib.sha256(cid.encode("utf-8", "surrogateescape")).hexdigest()[:32]  # any bytes the id holds
+            path = os.path.join(self.b.cache_dir, "run-cache", key)
             fresh = not os.path.isdir(path)
             os.makedirs(path, exist_ok=True)
             if fresh:

@@ -5,13 +5,27 @@
 nothing of the builder's own environment (registry credentials!) reaches the step. The step gets:
 
 - new mount, PID, UTS and IPC namespaces (and a network namespace with only ``lo`` for ``network="none"``);
-- ``/proc``, a tmpfs ``/dev`` with the usual nodes, ``/dev/pts`` and ``/dev/shm``, a read-only ``/sys``, and
-  throwaway copies of the host's ``/etc/resolv.conf`` and ``/etc/hosts`` plus an ``/etc/hostname``;
+- ``/proc`` (with ``/proc/sys`` and other kernel knobs read-only, ``/proc/keys``, ``/proc/kcore`` and the like
+  masked: :mod:`snapfs.sandbox_confine`), a tmpfs ``/dev`` with the usual nodes, ``/dev/pts`` and ``/dev/shm``,
+  a read-only ``/sys``, and throwaway copies of the host's ``/etc/resolv.conf`` and ``/etc/hosts`` plus an
+  ``/etc/hostname``;
 - the ``RUN --mount`` mounts (:class:`Mount`);
 - the working directory, created if missing (mode 0755, owned by the step's user, as BuildKit does; it stays in
   the root and belongs to the step's layer);
-- the root as ``/`` by pivot_root (the host's tree detached, not just hidden), Docker's default capability set,
-  the user's supplementary groups, gid and uid, and exactly ``RunSpec.env`` plus ``PATH`` and ``HOME`` defaults.
+- the root as ``/`` by pivot_root (the host's tree detached, not just hidden), Docker's default capability set
+  less ``CAP_MKNOD`` and ``CAP_NET_RAW``, a seccomp filter like Docker's default profile, the user's
+  supplementary groups, gid and uid, and exactly ``RunSpec.env`` plus ``PATH`` and ``HOME`` defaults.
+
+The network is the host's by default (as ``docker build``'s default network); ``network="none"`` gives a
+private network namespace with only ``lo``. ``CAP_MKNOD`` and ``CAP_NET_RAW`` stay dropped: no flag gives them
+back (Docker keeps them but fences devices with a cgroup and has its own network; BuildKit's ``--security
+insecure`` is not supported).
+
+No user namespace: one that maps ids onto themselves (so the stage root's ownership stays right) keeps the
+step's root the host's uid 0 for every check by owner, so ``/proc/sys`` and a cgroup tree stay writable, while
+sysfs cannot be mounted for it on the host's network and a bind of the host's ``/sys`` would bring its writable
+cgroup mounts along; what it would add (no capability counts against the host) the dropped capabilities and the
+seccomp filter already give. A shifting map needs id-mapped mounts of the stage root: a later step.
 
 Mount points missing from the root are created for the step and removed again afterwards when they are still
 empty; :attr:`RunResult.created` lists them so the snapshot can ignore them. The step is over when its command
@@ -26,13 +40,13 @@ import os
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
 from .errors import BuildError, InputError, UsageError
+from .lifecycle import scratch_dir
 from .rootfs import RootFS, lstat_at, split_path
 from .users import resolve_user
 
@@ -83,7 +97,7 @@ def run(spec: RunSpec, *, stdout: IO[Any] | None = None, stderr: IO[Any] | None 
     """
     payload = _payload(spec)
     started = time.monotonic()
-    scratch = tempfile.mkdtemp(prefix="snapfs-run-")
+    scratch = scratch_dir("snapfs-run-")  # 0700, owner in the name: a later build sweeps it if we are killed
     payload["scratch"] = scratch
     created: list[dict] = []
     try:

@@ -5,12 +5,13 @@ environment and writes the step (JSON) to SPEC_FD. Three processes follow:
 
 - the *launcher* (this interpreter) unshares mount, PID, UTS, IPC (and net) namespaces, makes every mount private,
   forks the *reaper* and exits with its status;
-- the *reaper* is PID 1 of the new PID namespace: it mounts ``/proc``, ``/dev``, ``/sys``, the ``/etc`` copies and
-  the ``RUN --mount`` mounts, pivots into the root (chroot where pivot_root fails), forks the *command*, reaps
+- the *reaper* is PID 1 of the new PID namespace: it mounts ``/proc``, ``/dev``, ``/sys`` (masking kernel files,
+  :mod:`snapfs.sandbox_confine`), the ``/etc`` copies and the ``RUN --mount`` mounts, pivots into the root
+  (chroot where pivot_root fails), loads the seccomp filter, forks the *command*, reaps
   every orphan of the step and exits as soon as the command exits; the kernel then kills whatever the step left
   running. Launcher and reaper die with their parent (PDEATHSIG), so a killed builder takes the step along;
-- the *command* shrinks its capabilities to Docker's default set, drops to the step's user and execs argv with
-  exactly the step's environment.
+- the *command* shrinks its capabilities to Docker's default set less MKNOD and NET_RAW, drops to the step's user
+  and execs argv with exactly the step's environment.
 
 A fresh interpreter instead of ``fork()`` in the builder: the builder may have threads, and this one has none.
 
@@ -38,6 +39,7 @@ import sys
 from collections import deque
 
 from .rootfs import RootFS, lstat_at, split_path
+from .sandbox_confine import SeccompError, SeccompFilter, mask_kernel_files
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
@@ -46,9 +48,11 @@ MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
 MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 1, 4, 24
 PIVOT_ROOT_NR = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
-# Docker's default set: CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE NET_RAW
-# SYS_CHROOT MKNOD AUDIT_WRITE SETFCAP.
-DEFAULT_CAPS = frozenset({0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31})
+# Docker's default set less NET_RAW and MKNOD: CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP
+# NET_BIND_SERVICE SYS_CHROOT AUDIT_WRITE SETFCAP. The step shares the host's network, where NET_RAW would let it
+# sniff other processes' traffic on lo, and its root is on the host's disk, where MKNOD would let it create the
+# host's block devices (Docker stops those with a device cgroup, which snapfs does not set up).
+DEFAULT_CAPS = frozenset({0, 1, 3, 4, 5, 6, 7, 8, 10, 18, 29, 31})
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 SETUP_FAILED = 125  # the launcher's exit code when the reaper failed before the command started
 
@@ -177,12 +181,15 @@ def mount_at(root: Root, path: str, *, kind: str, source: str | None, fstype: st
     fd, parent, name = root.target(path, kind=kind)
     try:
         mount(source, fd_path(fd), fstype, flags, data, what)
-        if remount_ro:
+        keep = flags & (MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        # A bind mount ignores these flags until it is remounted (and a remount drops those it is not given).
+        if remount_ro or (flags & MS_BIND and keep):
             # The fd still names the covered mount point; a fresh lookup of the name crosses into the new mount.
             top = os.open(name, _O_PATH, dir_fd=parent)
-            keep = flags & (MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            ro = MS_RDONLY if remount_ro else 0
             try:
-                mount(None, fd_path(top), None, MS_BIND | MS_REMOUNT | MS_RDONLY | keep, None, f"{what} (read-only)")
+                mount(None, fd_path(top), None, MS_BIND | MS_REMOUNT | ro | keep, None,
+                      f"{what} (read-only)" if remount_ro else f"{what} (flags)")
             finally:
                 os.close(top)
     finally:
@@ -223,9 +230,10 @@ def setup_sys(root: Root) -> None:
     try:
         mount_at(root, "/sys", kind="dir", source="sysfs", fstype="sysfs", flags=flags, what="mounting /sys")
     except SetupError:
-        # sysfs can be refused (a net namespace we do not own); a read-only bind of the host's is the fallback.
-        mount_at(root, "/sys", kind="dir", source="/sys", fstype=None, flags=MS_BIND | MS_REC | MS_NOSUID |
-                 MS_NODEV | MS_NOEXEC, remount_ro=True, what="binding /sys")
+        # sysfs can be refused (a net namespace we do not own); a read-only bind of the host's is the fallback,
+        # without its submounts: a read-only remount would not reach them, and the host's cgroup tree is one.
+        mount_at(root, "/sys", kind="dir", source="/sys", fstype=None, flags=MS_BIND | MS_NOSUID | MS_NODEV |
+                 MS_NOEXEC, remount_ro=True, what="binding /sys")
 
 
 def host_file(path: str) -> bytes:
@@ -310,15 +318,17 @@ def setup_mount(root: Root, scratch: Scratch, m: dict) -> None:
             os.mkdir(f"{base}/work")
             os.symlink(source, f"{base}/lower")
             data = f"lowerdir={base}/lower,upperdir={base}/upper,workdir={base}/work"
-            mount_at(root, target, kind="dir", source="overlay", fstype="overlay", flags=0, data=data, what=what)
+            mount_at(root, target, kind="dir", source="overlay", fstype="overlay", flags=MS_NODEV, data=data,
+                     what=what)
         else:
             copy = scratch.new("c")
             shutil.copy2(source, copy)
             os.chown(copy, st.st_uid, st.st_gid)
-            mount_at(root, target, kind="file", source=copy, fstype=None, flags=MS_BIND, what=what)
+            mount_at(root, target, kind="file", source=copy, fstype=None, flags=MS_BIND | MS_NODEV, what=what)
         return
-    mount_at(root, target, kind="dir" if is_dir else "file", source=source, fstype=None, flags=MS_BIND | MS_REC,
-             remount_ro=bool(m["readonly"]), what=what)
+    # nodev: a device node in a bound image or stage, or one a step made in a cache, never opens a host device.
+    mount_at(root, target, kind="dir" if is_dir else "file", source=source, fstype=None,
+             flags=MS_BIND | MS_REC | MS_NODEV, remount_ro=bool(m["readonly"]), what=what)
 
 
 def lo_up() -> None:
@@ -337,6 +347,7 @@ def setup(spec: dict, report) -> None:
                  what="mounting /proc")
         setup_dev(root)
         setup_sys(root)
+        mask_kernel(root)
         for path, data in etc_files(spec):
             copy = scratch.file(data, mode=0o644, uid=0, gid=0)
             mount_at(root, path, kind="file", source=copy, fstype=None, flags=MS_BIND, what=f"mounting {path}")
@@ -348,13 +359,36 @@ def setup(spec: dict, report) -> None:
         # WORKDIR: created like BuildKit does, owned by the step's user, and kept (it is part of the layer).
         parent, _ = root.ensure(spec["workdir"], kind="dir", owner=(spec["uid"], spec["gid"]), record=False)
         os.close(parent)
+        seccomp = SeccompFilter()  # libseccomp comes from the host: load it before the image is "/"
+    except SeccompError as exc:
+        raise SetupError(str(exc)) from None
     finally:
         root.rfs.close()
-    enter_root(spec["root"])
     try:
-        os.chdir(spec["workdir"])
-    except OSError as exc:
-        raise SetupError(f"changing to the working directory {spec['workdir']}: {exc.strerror}") from None
+        enter_root(spec["root"])
+        try:
+            os.chdir(spec["workdir"])
+        except OSError as exc:
+            raise SetupError(f"changing to the working directory {spec['workdir']}: {exc.strerror}") from None
+        seccomp.load()  # last: it refuses mount and pivot_root
+    except SeccompError as exc:
+        raise SetupError(str(exc)) from None
+    finally:
+        seccomp.release()
+
+
+def mask_kernel(root: Root) -> None:
+    """Read-only and masked kernel files (sandbox_confine) below the step's fresh /proc and /sys."""
+    tops: dict[str, int] = {}
+    try:
+        for top in ("/proc", "/sys"):
+            with root.rfs.at(top, follow=True) as (parent, name):
+                # A fresh lookup of the name crosses into the mount just made there.
+                tops[top] = os.open(name, _O_PATH | os.O_DIRECTORY, dir_fd=parent)
+        mask_kernel_files(mount, tops)
+    finally:
+        for fd in tops.values():
+            os.close(fd)
 
 
 def enter_root(path: str) -> None:
@@ -380,7 +414,7 @@ def enter_root(path: str) -> None:
 
 
 def drop_capabilities() -> None:
-    """Shrink the bounding set to Docker's default capabilities; exec then drops the rest even for root."""
+    """Shrink the bounding set to :data:`DEFAULT_CAPS`; exec then drops the rest even for root."""
     try:
         with open("/proc/sys/kernel/cap_last_cap") as f:
             last = int(f.read())

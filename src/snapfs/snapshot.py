@@ -20,7 +20,9 @@ import zstandard
 
 from . import backend
 from .errors import InputError, SnapshotError
-from .rows import RECORD, Entry, decode, encode_extra, path_key
+from .limits import MAX_DEPTH
+from .rootfs import TreeView
+from .rows import RECORD, Entry, TooDeep, decode, encode_extra, path_key, too_deep
 
 MAGIC = b"SNAPFS\x00\x01"
 # File timestamps come from the kernel's coarse clock (one tick, 1-10 ms) and may lag the real time by one
@@ -38,8 +40,16 @@ _CHUNK = 1 << 20
 
 def content_hash(path: str | bytes) -> bytes:
     """xxh3-128 of a regular file's bytes (opened without following a final symlink)."""
+    return _hash_fd(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC))
+
+
+def content_hash_at(view: TreeView, rel: str | bytes) -> bytes:
+    """``content_hash`` of entry ``rel`` of a tree, reached without following any symlink on the way."""
+    return _hash_fd(view.open(rel))
+
+
+def _hash_fd(fd: int) -> bytes:
     h = xxhash.xxh3_128()
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         with open(fd, "rb", buffering=0, closefd=False) as f:
             while chunk := f.read(_CHUNK):
@@ -116,13 +126,13 @@ def _finish(root: str, records: bytes, names: bytes, extras: bytes, dev: int, in
             time.sleep(delay)
         racy_ns = 0
     elif racy:
-        prefix = os.fsencode(root)
-        for i in racy:
-            rel = decode(records, names, b"", i).path
-            try:
-                hashes[i] = content_hash(os.path.join(prefix, os.fsencode(rel)))
-            except OSError:
-                pass  # vanished or unreadable since the walk: the diff will see its stat change
+        with TreeView(root) as view:
+            for i in racy:
+                t = RECORD.unpack_from(records, i * RECORD.size)
+                try:
+                    hashes[i] = content_hash_at(view, names[t[6]:t[6] + t[12]])
+                except OSError:
+                    pass  # vanished or unreadable since the walk: the diff will see its stat change
     return Snapshot(os.path.abspath(root), records, names, extras, dev, ino, start, racy_ns, hashes)
 
 
@@ -240,23 +250,32 @@ class PathIndex:
         return range(i + 1, self.subtree_end(i))
 
 
-def _row(root: bytes, rel: bytes, st: os.stat_result, name_off: int, extra: bytes, extra_off: int) -> bytes:
-    return RECORD.pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, st.st_rdev, name_off,
-                       extra_off if extra else 0, st.st_mode, st.st_uid, st.st_gid, st.st_nlink, len(rel),
-                       len(extra), 0, 0)
+def _record(st: os.stat_result) -> bytes:
+    """A row for one entry with zero offsets and lengths; ``_place`` fills them in."""
+    return RECORD.pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, st.st_rdev, 0, 0,
+                       st.st_mode, st.st_uid, st.st_gid, st.st_nlink, 0, 0, 0, 0)
 
 
-def _extra_of(full: bytes, st: os.stat_result) -> bytes:
+def _place(rec: bytes, name_off: int, name_len: int, extra_off: int, extra_len: int) -> bytes:
+    # name_off, extra_off, name_len and extra_len sit at fixed offsets in the record (fields 6, 7, 12, 13).
+    out = bytearray(rec)
+    struct.pack_into("<QQ", out, 48, name_off, extra_off if extra_len else 0)
+    struct.pack_into("<II", out, 80, name_len, extra_len)
+    return bytes(out)
+
+
+def _extra_of(view: TreeView, rel: bytes, st: os.stat_result) -> bytes:
     """The walker's extras for one entry: a symlink's target, or the kept xattrs of files and directories."""
     if stat.S_ISLNK(st.st_mode):
-        return encode_extra(os.readlink(full), [])
+        return encode_extra(view.readlink(rel), [])
     if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
         found = []
         try:
-            for name in os.listxattr(full, follow_symlinks=False):
+            path = view.fd_path(rel)
+            for name in os.listxattr(path, follow_symlinks=False) if path else ():
                 b = name.encode("utf-8", "surrogateescape")
                 if b == b"security.capability" or b.startswith(b"user."):
-                    found.append((b, os.getxattr(full, name, follow_symlinks=False)))
+                    found.append((b, os.getxattr(path, name, follow_symlinks=False)))
         except OSError:
             pass
         return encode_extra(b"", found) if found else b""
@@ -268,12 +287,12 @@ def patch(old: Snapshot, *, paths=(), subtrees=(), ignore=(), quiescent: bool = 
     have changed since ``old``: those are read again and spliced into the old rows, nothing else is walked.
 
     A path that is gone drops its rows (its whole subtree if it was a directory); a directory among
-    ``subtrees`` is walked again in full (a directory replaced wholesale). Costs O(changes + log n) lookups
-    and one copy of the row bytes.
+    ``subtrees`` is walked again in full (a directory replaced wholesale). Paths are read as the walker sees
+    them (``TreeView``): a path below a symlink or a file is gone, never followed. Costs O(changes + log n)
+    lookups and one copy of the row bytes.
     """
     kernel = kernel or backend.get()
     start = time.time_ns()
-    root = os.fsencode(old.root)
     ign = tuple(_norm_ignore(p) for p in ignore)
 
     def clean(p: str) -> str | None:
@@ -293,40 +312,65 @@ def patch(old: Snapshot, *, paths=(), subtrees=(), ignore=(), quiescent: bool = 
     todo = sorted(wanted, key=lambda p: path_key(os.fsencode(p)))
     index = PathIndex(old)
     drops: list[tuple[int, int]] = []
-    fresh: list[tuple[int, bytes, bytes, bytes]] = []  # (insert position, record w/o offsets, name, extra)
-    for p in todo:
-        rel = os.fsencode(p)
-        full = root + b"/" + rel
-        try:
-            st = os.lstat(full)
-        except FileNotFoundError:
-            st = None
-        i = index.find(p)
-        if i is not None:
-            was_dir = stat.S_ISDIR(RECORD.unpack_from(old.records, i * RECORD.size)[8])
-            whole = was_dir and (st is None or not stat.S_ISDIR(st.st_mode) or p in subs)
-            drops.append((i, index.subtree_end(i) if whole else i + 1))
-        if st is None:
-            continue
-        pos = index.position(path_key(rel), after=True)  # where p is (or would be): before its children
-        fresh.append((pos, rel, st, _extra_of(full, st)))
-        if p in subs and stat.S_ISDIR(st.st_mode):
-            recs, names, extras, _, _ = kernel.walk(full, ignore=[x[len(p) + 1:] for x in ign
-                                                                    if x.startswith(p + "/")])
-            for j in range(len(recs) // RECORD.size):
-                child = rel + b"/" + os.fsencode(decode(recs, names, extras, j).path)
-                cst = os.lstat(root + b"/" + child)
-                fresh.append((pos, child, cst, _extra_of(root + b"/" + child, cst)))
+    fresh: list[tuple[int, bytes, bytes, bytes]] = []  # (insert position, name, record w/o offsets, extra)
+    with TreeView(old.root) as view:
+        for p in todo:
+            rel = os.fsencode(p)
+            st = view.lstat(rel)
+            i = index.find(p)
+            if i is not None:
+                was_dir = stat.S_ISDIR(RECORD.unpack_from(old.records, i * RECORD.size)[8])
+                whole = was_dir and (st is None or not stat.S_ISDIR(st.st_mode) or p in subs)
+                drops.append((i, index.subtree_end(i) if whole else i + 1))
+            if st is None:
+                continue
+            if rel.count(b"/") >= MAX_DEPTH:
+                raise too_deep(view.root, rel, MAX_DEPTH)
+            pos = index.position(path_key(rel), after=True)  # where p is (or would be): before its children
+            fresh.append((pos, rel, _record(st), _extra_of(view, rel, st)))
+            if p in subs and stat.S_ISDIR(st.st_mode):
+                fresh += _walk_below(view, rel, pos, [x[len(p) + 1:] for x in ign if x.startswith(p + "/")],
+                                     kernel)
     fresh.sort(key=lambda f: (f[0], path_key(f[1])))
     names, extras = bytearray(old.names), bytearray(old.extras)
     rows = []
-    for pos, rel, st, extra in fresh:
-        rows.append((pos, _row(root, rel, st, len(names), extra, len(extras))))
+    for pos, rel, rec, extra in fresh:
+        rows.append((pos, _place(rec, len(names), len(rel), len(extras), len(extra))))
         names += rel
         extras += extra
     records = _splice(old.records, _merge(drops), rows, len(old))
     return _finish(old.root, records, bytes(names), bytes(extras), old.root_dev, old.root_ino, start=start,
                    quiescent=quiescent, kernel=kernel)
+
+
+def _walk_below(view: TreeView, rel: bytes, pos: int, ignore: list[str], kernel) -> list:
+    """The walker's rows below directory ``rel``, renamed relative to the root: walked through an fd of the
+    directory (opened without following anything), so no symlink on the way is followed."""
+    fd = view.open(rel, os.O_RDONLY | os.O_DIRECTORY)
+    via = f"/proc/self/fd/{fd}"
+    try:
+        # The depth limit counts from the stage root, not from the subtree.
+        room = MAX_DEPTH - rel.count(b"/") - 1
+        if room < 1:
+            first = next(iter(os.listdir(fd)), None)
+            if first is None:
+                return []
+            raise too_deep(view.root, rel + b"/" + os.fsencode(first), MAX_DEPTH)
+        recs, names, extras, _, _ = kernel.walk(via, ignore=ignore, max_depth=room)
+    except TooDeep as exc:
+        raise too_deep(view.root, rel + b"/" + exc.rel, MAX_DEPTH) from None
+    except InputError as exc:
+        # Name the entry by its place in the tree, not by the fd it was walked through.
+        raise InputError(exc.message.replace(via, os.path.join(os.fsdecode(view.root), os.fsdecode(rel)))
+                         ) from None
+    finally:
+        os.close(fd)
+    out = []
+    for j in range(len(recs) // RECORD.size):
+        t = RECORD.unpack_from(recs, j * RECORD.size)
+        out.append((pos, rel + b"/" + names[t[6]:t[6] + t[12]], recs[j * RECORD.size:(j + 1) * RECORD.size],
+                    extras[t[7]:t[7] + t[13]]))
+    return out
 
 
 def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

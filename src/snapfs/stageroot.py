@@ -6,6 +6,16 @@ same base share one unpacked copy and later builds reuse it, so no build unpacks
 finished stage is remounted read-only with its upper stacked over its lowers: that view is what
 ``COPY --from`` reads and what ``FROM <stage>`` builds on, again without copying a file.
 
+Stage roots are mounted ``nodev``: a device node in an image (or one a RUN step makes) is only a file, never
+a way to a host device; the RUN's own ``/dev`` is a tmpfs the sandbox fills. They are not ``nosuid``: RUN steps
+use the image's setuid programs (``su``, ``sudo``, ``ping``) as under Docker, and the stage roots and cached
+bases sit in 0700 directories, where no other local user can reach them. Finished stages, which nothing
+executes, are read-only, ``nodev`` and ``nosuid``.
+
+overlayfs takes at most 500 lower layers, and all their paths in one page of mount options (4 KiB): about 90
+chained stages (``FROM previous``) with scratch paths of this length. A stage whose chain would not fit gets its
+base image's layers unpacked into one directory instead, and its children stack on that.
+
 Without mount privileges (an unprivileged pod) the base layers are unpacked into a plain directory, as Kaniko
 does. Snapshots walk the merged view either way, so the engine sees the same tree.
 """
@@ -19,6 +29,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
+from . import lifecycle
 from .apply import apply_layer
 from .errors import BuildError
 from .image import Image
@@ -29,8 +40,10 @@ log = logging.getLogger("snapfs.build")
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-MS_RDONLY = 1
+MS_RDONLY, MS_NOSUID, MS_NODEV = 1, 2, 4
 MNT_DETACH = 2
+MAX_LOWERS = 500  # overlayfs's OVL_MAX_STACK
+PAGE = os.sysconf("SC_PAGESIZE")
 _available: dict[str, bool] = {}
 
 
@@ -42,14 +55,28 @@ def chain_id(diff_ids: list[str]) -> str:
     return chain or "sha256:" + hashlib.sha256(b"").hexdigest()
 
 
-def _mount(lowers: list[str], target: str, *, upper: str | None = None, work: str | None = None) -> None:
+def _options(lowers: list[str], upper: str | None, work: str | None) -> bytes:
     opts = "lowerdir=" + ":".join(lowers)
     if upper:
         opts += f",upperdir={upper},workdir={work}"
-    flags = 0 if upper else MS_RDONLY
-    if _libc.mount(b"overlay", target.encode(), b"overlay", flags, opts.encode()) != 0:
+    return os.fsencode(opts)
+
+
+def fits(lowers: list[str], *, upper: str, work: str) -> bool:
+    """Whether overlayfs accepts this stack in one mount (layer count, options within a page)."""
+    return len(lowers) < MAX_LOWERS and len(_options(lowers, upper, work)) < PAGE  # < : freeze adds the upper
+
+
+def _mount(lowers: list[str], target: str, *, upper: str | None = None, work: str | None = None) -> None:
+    opts = _options(lowers, upper, work)
+    flags = MS_NODEV if upper else MS_RDONLY | MS_NODEV | MS_NOSUID
+    if _libc.mount(b"overlay", os.fsencode(target), b"overlay", flags, opts) != 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"mounting an overlay on {target}: {os.strerror(err)}")
+        hint = ""
+        if err == errno.EINVAL and (len(lowers) > MAX_LOWERS or len(opts) >= PAGE):
+            hint = (f" ({len(lowers)} lower layers in {len(opts)} bytes of options; overlayfs takes at most "
+                    f"{MAX_LOWERS} layers in {PAGE} bytes)")
+        raise OSError(err, f"mounting an overlay on {target}: {os.strerror(err)}{hint}")
 
 
 def _umount(target: str) -> None:
@@ -94,14 +121,17 @@ def unpack(layers, target: str, *, keep: tuple[str, ...] = ()) -> None:
 def cached_base(image: Image, cache_dir: str) -> str:
     """The flattened root of ``image``'s layers, unpacked once into the cache (read-only by convention)."""
     cid = chain_id([l.diff_id for l in image.layers])
-    path = os.path.join(cache_dir, "roots", cid.split(":", 1)[1])
+    roots = os.path.join(cache_dir, "roots")
+    path = os.path.join(roots, cid.split(":", 1)[1])
+    # 0700, also when an older snapfs made it 0755: the roots keep their image's setuid files and devices.
+    lifecycle.private_dir(roots)
     if os.path.isdir(path):
         return path
-    tmp = f"{path}.tmp-{os.getpid()}"
+    lifecycle.sweep(roots, names=lifecycle.UNPACK_NAME)  # half-unpacked roots of killed builds
+    tmp = f"{path}.tmp-{lifecycle.owner_tag()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         unpack(image.layers, tmp)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         os.rename(tmp, path)
     except FileExistsError:  # or an OSError "not empty": another build cached it first
         shutil.rmtree(tmp, ignore_errors=True)
@@ -142,8 +172,9 @@ class StageRoot:
             self.mounted = False
 
 
-def overlay_stage(workdir: str, name: str, lowers: list[str]) -> StageRoot:
-    """A writable overlay over ``lowers`` (top first) at ``workdir/name``."""
+def overlay_stage(workdir: str, name: str, lowers: list[str], *, layers=()) -> StageRoot:
+    """A writable overlay over ``lowers`` (top first) at ``workdir/name``; ``layers`` (the base image's) are
+    unpacked into one lower instead when the stack is too deep for one overlay mount."""
     base = os.path.join(workdir, name)
     upper, work, merged = (os.path.join(base, d) for d in ("upper", "work", "root"))
     for d in (upper, work, merged):
@@ -152,6 +183,12 @@ def overlay_stage(workdir: str, name: str, lowers: list[str]) -> StageRoot:
         empty = os.path.join(base, "empty")
         os.makedirs(empty)
         lowers = [empty]
+    elif not fits(lowers, upper=upper, work=work):
+        flat = os.path.join(base, "flat")
+        log.info("%s: %d stacked layers are too many for one overlay; unpacking its %d image layers into one",
+                 name, len(lowers), len(layers))
+        unpack(layers, flat)
+        lowers = [flat]
     _mount(lowers, merged, upper=upper, work=work)
     return StageRoot(merged, list(lowers), upper, mounted=True)
 

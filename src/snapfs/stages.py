@@ -12,7 +12,9 @@ name; ``--build-arg`` overrides ARG defaults; an ARG without a default inherits 
 """
 from __future__ import annotations
 
+import functools
 import platform as _host
+import re
 from collections.abc import Mapping, Sequence
 from collections import ChainMap
 from dataclasses import dataclass, field, replace
@@ -194,6 +196,24 @@ def _checked(scope: Scope) -> Scope:
     return scope
 
 
+def _readable_errors(fn):
+    """A Dockerfile read with ``surrogateescape`` may put undecodable bytes into an error message: they are shown
+    as U+FFFD (what a terminal shows for the raw byte Go prints), not as Python's ``\\udcff`` escapes."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kw):
+        try:
+            return fn(*args, **kw)
+        except DockerfileError as exc:
+            if exc.args and isinstance(exc.args[0], str):
+                exc.args = (_SURROGATE.sub("\ufffd", exc.args[0]), *exc.args[1:])
+            raise
+    return wrapper
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@_readable_errors
 def plan_build(source: Dockerfile | str | bytes, *, build_args: Mapping[str, str] | None = None,
                target: str | None = None, target_platform: str | Platform | None = None,
                build_platform: str | Platform | None = None, file: str = "Dockerfile") -> Plan:
@@ -377,6 +397,7 @@ def stage_scope(plan: Plan, index: int, *, base_env: Sequence[tuple[str, str]] =
                           global_args=tuple(plan.global_args().items()), size=size))
 
 
+@_readable_errors
 def expand_instruction(ins: Instruction, scope: Scope, *, escape: str = "\\",
                        file: str = "Dockerfile") -> tuple[Instruction, Scope]:
     """``ins`` with the parts Docker expands expanded, and the scope after it (changed by ARG and ENV only)."""

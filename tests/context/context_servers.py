@@ -222,3 +222,18 @@ class GitHandler(_Quiet):
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(payload)
+
+
+class BasicAuthFileHandler(FileHandler):
+    """``FileHandler`` behind HTTP Basic auth (``user``/``password``); records each request line it saw."""
+
+    user, password = "snapfs", "change-me"
+    seen: list = []
+
+    def do_GET(self) -> None:
+        self.seen.append(self.requestline)
+        want = "Basic " + base64.b64encode(f"{self.user}:{self.password}".encode()).decode()
+        if self.headers.get("Authorization") != want:
+            self.send_plain(401, b"unauthorized", {"WWW-Authenticate": 'Basic realm="snapfs-test"'})
+            return
+        super().do_GET()

@@ -10,6 +10,8 @@ import pytest
 from context_kit import Entry, hostile_tar, tree_listing
 from snapfs.context import fetch_context
 from snapfs.context_extract import ContextError, extract_context
+from snapfs.limits import MAX_DEPTH, MAX_HEADER_BYTES, MAX_LAYER_BYTES
+from tarkit import SIZE_FIELD, SPARSE_FORMATS, deep_name, disk_usage, patch_header, plain_tar, sparse_tar
 
 SYM, LNK, DIR = tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.DIRTYPE
 
@@ -125,5 +127,78 @@ def test_decompression_bomb_is_capped(tmp_path):
     data = hostile_tar([Entry("big", data=b"\0" * (4 << 20))])
     dest = tmp_path / "ctx"
     dest.mkdir()
-    with pytest.raises(ContextError, match=r"^bomb: decompressed size exceeds the limit of 1048576 bytes"):
+    with pytest.raises(ContextError, match=r"^bomb: big: refused: its 4194304 bytes would take the archive past "
+                                           r"the limit of 1048576 bytes"):
         extract_context(io.BytesIO(data), str(dest), what="bomb", max_bytes=1 << 20)
+    with pytest.raises(ContextError, match=r"^bomb: decompressed size exceeds the limit of 65536 bytes"):
+        extract_context(io.BytesIO(data), str(dest), what="bomb", max_bytes=65536)
+    assert os.listdir(dest) == []  # refused before (or removed after) its data was written
+
+
+# --- the same caps as layers: sparse files, negative sizes, headers, depth ---------------------------------------
+
+def test_tiny_sparse_context_past_the_default_cap_is_refused(tmp_path):
+    """A 2.5 KB tar:// context used to write a gigabyte file (now: counted at its full size, refused)."""
+    tar, _ = sparse_tar(tmp_path, MAX_LAYER_BYTES + 1, "pax-1.0")
+    assert tar.stat().st_size <= 3072
+    workdir = tmp_path / "work"
+    with pytest.raises(ContextError) as info:
+        fetch_context(f"tar://{tar}", workdir=str(workdir))
+    assert str(info.value) == (f"tar://{tar}: big: refused: its {MAX_LAYER_BYTES + 1} bytes would take the archive "
+                               f"past the limit of {MAX_LAYER_BYTES} bytes (uncompressed, sparse files at their "
+                               "full size)")
+    assert os.listdir(workdir) == []
+
+
+@pytest.mark.parametrize("fmt", sorted(SPARSE_FORMATS))
+def test_sparse_context_under_the_cap_keeps_its_holes_and_is_capped_by_max_bytes(tmp_path, fmt):
+    tar, source = sparse_tar(tmp_path, 1 << 30, fmt, data=((12345, b"data"),))
+    dest = tmp_path / "ctx"
+    dest.mkdir()
+    with pytest.raises(ContextError, match=rf"^t: big: refused: its {1 << 30} bytes would take the archive past"):
+        extract_context(io.BytesIO(tar.read_bytes()), str(dest), what="t", max_bytes=1_000_000)
+    assert os.listdir(dest) == [] and disk_usage(dest) == (0, 0)
+    extract_context(io.BytesIO(tar.read_bytes()), str(dest), what="t")
+    st = os.stat(dest / "big")
+    assert st.st_size == 1 << 30 and st.st_blocks * 512 <= 1 << 16
+    with open(dest / "big", "rb") as f:
+        f.seek(12340)
+        assert f.read(16) == b"\0" * 5 + b"data" + b"\0" * 7
+
+
+def test_negative_size_in_a_context_is_refused(tmp_path):
+    raw = patch_header(plain_tar([("neg", b""), ("after", b"a")]), 0, SIZE_FIELD, b"\xff" * 12)
+    dest = tmp_path / "ctx"
+    dest.mkdir()
+    with pytest.raises(ContextError) as info:
+        extract_context(io.BytesIO(raw), str(dest), what="t")
+    assert str(info.value) == "t: neg: negative size -1 in the header"
+    assert os.listdir(dest) == []
+
+
+def test_oversized_headers_in_a_context_are_refused(tmp_path):
+    raw = plain_tar([("f", b"x")], pax={"comment": "x" * (2 * MAX_HEADER_BYTES)}, fmt=tarfile.PAX_FORMAT)
+    dest = tmp_path / "ctx"
+    dest.mkdir()
+    with pytest.raises(ContextError, match=rf"^t: the headers of one entry exceed {MAX_HEADER_BYTES} bytes$"):
+        extract_context(io.BytesIO(raw), str(dest), what="t")
+
+
+def test_context_depth_limit(tmp_path):
+    dest = tmp_path / "ctx"
+    dest.mkdir()
+    at_limit = [(deep_name(MAX_DEPTH), b"x")]
+    stats = extract_context(io.BytesIO(plain_tar(at_limit, fmt=tarfile.PAX_FORMAT)), str(dest), what="t")
+    assert stats.entries == 1
+    too_deep = deep_name(MAX_DEPTH + 1)
+    with pytest.raises(ContextError) as info:
+        extract_context(io.BytesIO(plain_tar([(too_deep, b"x")], fmt=tarfile.PAX_FORMAT)), str(dest), what="t")
+    assert str(info.value) == f"t: {too_deep}: refused: {MAX_DEPTH + 1} levels deep; the limit is {MAX_DEPTH}"
+
+
+def test_context_entry_cap(tmp_path):
+    dest = tmp_path / "ctx"
+    dest.mkdir()
+    with pytest.raises(ContextError, match=r"^t: f3: refused: more than 3 entries in one archive$"):
+        extract_context(io.BytesIO(plain_tar([(f"f{i}", b"") for i in range(5)])), str(dest), what="t",
+                        max_entries=3)

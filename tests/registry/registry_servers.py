@@ -256,11 +256,12 @@ class Fault:
 
     method: str
     path: str  # regex searched in the request path
-    action: str  # status | reset | truncate | corrupt | range | unauthorized | redirect
+    action: str  # status | reset | truncate | corrupt | range | unauthorized | redirect | body
     times: int = 1
     status: int = 500
     headers: dict = field(default_factory=dict)
     target: str = ""  # redirect: base URL of the other server
+    body: bytes = b""  # body: what a hostile registry answers (200, with ``headers``)
     hits: int = 0
 
     def matches(self, method: str, path: str) -> bool:
@@ -374,6 +375,10 @@ class FaultProxy:
             self._record(method, path, 401, headers)
             self._reply(h, 401, fault.headers, b'{"errors":[{"code":"UNAUTHORIZED","message":"token expired"}]}')
             return
+        if fault is not None and fault.action == "body":
+            self._record(method, path, 200, headers)
+            self._reply(h, 200, fault.headers, fault.body)
+            return
         if fault is not None and fault.action == "redirect":
             self._record(method, path, 307, headers)
             self._reply(h, 307, {"Location": fault.target + path})
@@ -420,6 +425,59 @@ class FaultProxy:
     def _record(self, method: str, path: str, status: int, headers: dict) -> None:
         with self.lock:
             self.log.append((method, path, status, headers))
+
+
+class TcpCounter:
+    """A TCP forwarder to one upstream port that counts the connections it accepts: how many attempts a client
+    made, known as soon as the client call returns (each attempt connects before it can fail its handshake)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.connections = 0
+        self.lock = threading.Lock()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.host = f"127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    def start(self) -> TcpCounter:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.sock.close()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+            try:
+                up = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=10)
+            except OSError:
+                conn.close()
+                continue
+            for a, b in ((conn, up), (up, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
 
 # ------------------------------------------------------------------------------------------ shared bits

@@ -150,7 +150,8 @@ def test_push_recovers(plain_registry, proxy, client_for, tmp_path, faults, opti
     (Fault("PATCH", "/blobs/uploads/", "range", times=100),
      r"upload failed after 3 attempts: registry reported range '0-\d+' after bytes 0-65535$"),
     (Fault("PUT", "/blobs/uploads/", "reset", times=100),
-     r"upload failed after 3 attempts: PUT http://127\.0\.0\.1:\d+/v2/faults/never/blobs/uploads/[0-9a-f-]+: "
+     r"upload failed after 3 attempts: PUT http://127\.0\.0\.1:\d+/v2/faults/never/blobs/uploads/[0-9a-f-]+"
+     r"\?_state=\*\*\*&digest=sha256:[0-9a-f]{64}: "
      r"(RemoteProtocolError|ReadError|WriteError|ConnectError).*$"),
     (Fault("PUT", "/blobs/uploads/", "status", times=100, status=500),
      r"upload failed after 3 attempts: PUT http://\S+: HTTP 500 \(INJECTED: fault\)$"),
@@ -194,3 +195,23 @@ def test_mount_refusal_falls_back_to_upload(plain_registry, proxy, client_for, b
     assert push_image(client_for(), img, [ref(f"{proxy.host}/faults/mountless:1")],
                       mount_from=[ref(f"{proxy.host}/library/busybox:1")]) == img.digest
     assert proxy.count("POST", "mount=") == 2 and proxy.count("PUT", "/blobs/uploads/") == 2
+
+
+def test_a_registry_serving_a_manifest_that_is_also_an_index_is_refused(plain_registry, proxy, client_for, tmp_path,
+                                                                        busybox):
+    """CVE-2021-41190: a hostile registry answers with a document holding both "layers" and "manifests". It is
+    refused with one line naming the image, and never reaches the blob cache."""
+    import json
+
+    doc = json.loads(busybox[1].manifest_bytes)
+    doc["manifests"] = [busybox[1].descriptor().to_json()]
+    body = json.dumps(doc).encode()
+    proxy.add(Fault("GET", "/manifests/", "body", body=body, headers={"Content-Type": doc["mediaType"]}))
+    store = BlobStore(str(tmp_path))
+    name = f"{proxy.host}/library/busybox:1"
+    with pytest.raises(RegistryError, match=rf'^{name}: manifest is ambiguous: it holds both "layers" and '
+                                            r'"manifests"$'):
+        pull_image(client_for(), ref(name), store)
+    _cache_is_clean(store)
+    blobs = os.path.join(store.root, "blobs", "sha256")
+    assert not os.path.isdir(blobs) or os.listdir(blobs) == []

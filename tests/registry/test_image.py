@@ -105,3 +105,39 @@ def test_empty_image_is_scratch():
     img = empty_image(Platform("linux", "arm64", "v8"))
     assert img.layers == () and img.config()["rootfs"] == {"type": "layers", "diff_ids": []}
     assert img.platform() == Platform("linux", "arm64", "v8")
+
+
+def test_a_manifest_that_is_also_an_index_is_refused(tmp_path):
+    """CVE-2021-41190: a document with both "layers" and "manifests" reads as an image to one client and as an
+    index to another; it is refused whichever type it claims (or none)."""
+    from snapfs.image import sniff_media_type
+    from snapfs.layout import read_layout, write_layout
+
+    img = image_of([files_layer(str(tmp_path / "l"), {"a": b"1"})])
+    both = json.loads(img.manifest_bytes)
+    both["manifests"] = [img.descriptor().to_json()]
+    for media_type in (OCI_MANIFEST, OCI_INDEX, None):
+        doc = dict(both)
+        if media_type:
+            doc["mediaType"] = media_type
+        else:
+            doc.pop("mediaType", None)
+        data = canonical_json(doc)
+        with pytest.raises(InputError, match=r'^manifest is ambiguous: it holds both "layers" and "manifests"$'):
+            sniff_media_type(data)
+        with pytest.raises(InputError, match=r'^manifest is ambiguous: it holds both "layers" and "manifests"$'):
+            Manifest.from_bytes(data)
+        with pytest.raises(InputError, match=r'^image index is ambiguous: it holds both "layers" and '
+                                             r'"manifests"$'):
+            Index.from_bytes(data)
+    # The same document inside an OCI layout on disk (its digest made right, so only the shape is wrong).
+    layout = str(tmp_path / "oci")
+    write_layout(layout, img, ref_name="x")
+    data = canonical_json(both)
+    digest = "sha256:" + __import__("hashlib").sha256(data).hexdigest()
+    (tmp_path / "oci" / "blobs" / "sha256" / digest.split(":")[1]).write_bytes(data)
+    index = json.loads((tmp_path / "oci" / "index.json").read_text())
+    index["manifests"][0].update(digest=digest, size=len(data))
+    (tmp_path / "oci" / "index.json").write_text(json.dumps(index))
+    with pytest.raises(InputError, match=r'^manifest is ambiguous: it holds both "layers" and "manifests"$'):
+        read_layout(layout, ref_name="x")
