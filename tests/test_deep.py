@@ -118,3 +118,17 @@ def test_the_layer_writer_refuses_an_entry_deeper_than_the_limit(tmp_path):
     d = changes.Diff(snap, snap, (changes.Change("deleted", deep, None, gone),))
     with pytest.raises(LayerError, match=rf"^d/d/d/.*\.\.\.: deeper than {MAX_DEPTH} levels \(snapfs's depth limit\)$"):
         layer.plan_entries(d)
+
+
+def test_scratch_of_any_depth_is_removed(tmp_path):
+    """A RUN step can nest far deeper than the limit before its snapshot refuses the tree; the build's clean-up
+    must still remove it (shutil.rmtree ends in RecursionError past ~1,000 levels)."""
+    from snapfs import lifecycle
+    from snapfs.rootfs import remove_path
+
+    for remove in (lifecycle.remove_tree, remove_path):
+        scratch = str(tmp_path / "snapfs-build-scratch")
+        make_chain(scratch, 3000)
+        remove(scratch)
+        assert not os.path.lexists(scratch)
+    assert remove_path(str(tmp_path / "missing")) is False

@@ -26,10 +26,11 @@ import errno
 import logging
 import os
 import re
-import shutil
 import signal
 import tempfile
 import time
+
+from .rootfs import remove_path
 
 log = logging.getLogger("snapfs.build")
 
@@ -198,7 +199,8 @@ def remove_tree(path: str) -> None:
         return
     for delay in (0, 0.05, 0.2, 0.5):
         time.sleep(delay)
-        shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove_path(path)  # not shutil.rmtree: a RUN step may have nested a tree thousands of levels deep
         if not os.path.lexists(path):
             return
     log.warning("could not remove scratch directory %s", path)

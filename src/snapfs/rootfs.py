@@ -55,6 +55,20 @@ def remove_at(dir_fd: int, name: str, st: os.stat_result | None = None) -> bool:
     return True
 
 
+def remove_path(path: str) -> bool:
+    """``remove_at`` by path: scratch, caches and failed outputs of any depth (``shutil.rmtree`` recurses and
+    ends in RecursionError on a tree a RUN step nested a few thousand levels deep). False if it did not exist."""
+    parent, name = os.path.split(os.path.normpath(path))
+    try:
+        dir_fd = os.open(parent or ".", os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        return False
+    try:
+        return remove_at(dir_fd, name)
+    finally:
+        os.close(dir_fd)
+
+
 def remove_tree(dir_fd: int, name: str) -> None:
     """Remove the directory ``name`` in ``dir_fd`` with everything below it, however deep it goes.
 

@@ -157,6 +157,21 @@ def fd_room(max_depth: int) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
 
 
+def kept_xattrs(path: str) -> list[tuple[bytes, bytes]]:
+    """The xattrs an image keeps (``security.capability`` and ``user.*``) of one path, never following a link;
+    one that vanishes between listing and reading is skipped."""
+    found = []
+    for name in os.listxattr(path, follow_symlinks=False):
+        b = name.encode("utf-8", "surrogateescape")
+        if b == b"security.capability" or b.startswith(b"user."):
+            try:
+                found.append((b, os.getxattr(path, name, follow_symlinks=False)))
+            except OSError as exc:
+                if exc.errno != errno.ENODATA:
+                    raise
+    return found
+
+
 def long_path_xattrs(root: bytes, records, names, rows: list[int]) -> list[tuple[int, bytes]]:
     """Kept xattrs of the regular files and directories ``rows`` whose full paths are too long for a path
     syscall: reached through directory fds instead (``TreeView``), never following a symlink."""
@@ -167,17 +182,9 @@ def long_path_xattrs(root: bytes, records, names, rows: list[int]) -> list[tuple
         for i in rows:
             t = RECORD.unpack_from(records, i * RECORD.size)
             rel = bytes(names[t[6]:t[6] + t[12]])
-            found = []
             try:
                 path = view.fd_path(rel)
-                for name in os.listxattr(path, follow_symlinks=False) if path else ():
-                    b = name.encode("utf-8", "surrogateescape")
-                    if b == b"security.capability" or b.startswith(b"user."):
-                        try:
-                            found.append((b, os.getxattr(path, name, follow_symlinks=False)))
-                        except OSError as exc:
-                            if exc.errno != errno.ENODATA:
-                                raise
+                found = kept_xattrs(path) if path else []
             except OSError as exc:
                 if exc.errno in (errno.ENOTSUP, errno.ENOENT):
                     continue

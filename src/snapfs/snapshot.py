@@ -22,7 +22,7 @@ from . import backend
 from .errors import InputError, SnapshotError
 from .limits import MAX_DEPTH
 from .rootfs import TreeView
-from .rows import RECORD, Entry, TooDeep, decode, encode_extra, path_key, too_deep
+from .rows import RECORD, Entry, TooDeep, decode, encode_extra, kept_xattrs, path_key, too_deep
 
 MAGIC = b"SNAPFS\x00\x01"
 # File timestamps come from the kernel's coarse clock (one tick, 1-10 ms) and may lag the real time by one
@@ -272,10 +272,7 @@ def _extra_of(view: TreeView, rel: bytes, st: os.stat_result) -> bytes:
         found = []
         try:
             path = view.fd_path(rel)
-            for name in os.listxattr(path, follow_symlinks=False) if path else ():
-                b = name.encode("utf-8", "surrogateescape")
-                if b == b"security.capability" or b.startswith(b"user."):
-                    found.append((b, os.getxattr(path, name, follow_symlinks=False)))
+            found = kept_xattrs(path) if path else []
         except OSError:
             pass
         return encode_extra(b"", found) if found else b""

@@ -21,6 +21,7 @@ does. Snapshots walk the merged view either way, so the engine sees the same tre
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import hashlib
@@ -33,7 +34,7 @@ from . import lifecycle
 from .apply import apply_layer
 from .errors import BuildError
 from .image import Image
-from .rootfs import RootFS
+from .rootfs import RootFS, remove_path
 
 log = logging.getLogger("snapfs.build")
 
@@ -118,6 +119,11 @@ def unpack(layers, target: str, *, keep: tuple[str, ...] = ()) -> None:
                 raise BuildError(f"layer {layer.digest}: uncompressed content does not match its diff_id")
 
 
+def _discard(path: str) -> None:
+    with contextlib.suppress(OSError):
+        remove_path(path)
+
+
 def cached_base(image: Image, cache_dir: str) -> str:
     """The flattened root of ``image``'s layers, unpacked once into the cache (read-only by convention)."""
     cid = chain_id([l.diff_id for l in image.layers])
@@ -129,18 +135,18 @@ def cached_base(image: Image, cache_dir: str) -> str:
         return path
     lifecycle.sweep(roots, names=lifecycle.UNPACK_NAME)  # half-unpacked roots of killed builds
     tmp = f"{path}.tmp-{lifecycle.owner_tag()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    _discard(tmp)
     try:
         unpack(image.layers, tmp)
         os.rename(tmp, path)
     except FileExistsError:  # or an OSError "not empty": another build cached it first
-        shutil.rmtree(tmp, ignore_errors=True)
+        _discard(tmp)
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _discard(tmp)
         if not os.path.isdir(path):
             raise BuildError(f"cannot cache the base root {cid}: {exc.strerror}") from None
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _discard(tmp)
         raise
     return path
 
