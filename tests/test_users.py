@@ -7,7 +7,7 @@ import pytest
 
 from snapfs.errors import BuildError, InputError
 from snapfs.rootfs import RootFS
-from snapfs.users import MAX_DB_SIZE, User, resolve_chown, resolve_user
+from snapfs.users import MAX_DB_SIZE, User, resolve_chown, resolve_owner, resolve_user
 
 PASSWD = """\
 root:x:0:0:root:/root:/bin/sh
@@ -163,10 +163,54 @@ def test_resolve_chown(root, spec, want):
     ("ghost", "unable to find user ghost: no matching entries in passwd file"),
     ("app:ghosts", "unable to find group ghosts: no matching entries in group file"),
     ("", "invalid --chown value '': expected user[:group]"),
-    (":1", "invalid --chown value ':1': expected user[:group]"),
+    (":", "invalid --chown value ':': expected user[:group]"),
     ("app:", "invalid --chown value 'app:': expected user[:group]"),
 ])
 def test_resolve_chown_errors(root, spec, message):
     with pytest.raises(BuildError) as exc:
         resolve_chown(root, spec)
     assert exc.value.message == message
+
+
+def test_root_and_numeric_ids_need_no_passwd_or_group_file(tmp_path):
+    # FROM scratch has no /etc at all: "root" is uid/gid 0 for USER, --chown and WORKDIR alike (BuildKit's
+    # llb.WithUser and its executor's fast path parse "root" as 0; buildah accepts USER root there too).
+    r = str(tmp_path)
+    assert resolve_user(r, "root") == User(0, 0, (0,), "/", "root")
+    assert resolve_user(r, "root:root") == User(0, 0, (0,), "/", "root")
+    assert resolve_user(r, "1000:root") == User(1000, 0, (0,), "/", "")
+    assert resolve_chown(r, "root") == (0, 0)
+    assert resolve_chown(r, "root:root") == (0, 0)
+    assert resolve_chown(r, "1000") == (1000, 1000)
+    assert resolve_chown(r, ":50") == (0, 50)
+    assert resolve_owner(r, "root") == (0, 0)
+    assert resolve_owner(r, "1000") == (1000, 1000)
+    assert resolve_owner(r, "1000:2000") == (1000, 2000)
+    with pytest.raises(BuildError, match="^unable to find user ghost: no matching entries in passwd file$"):
+        resolve_chown(r, "ghost")
+
+
+def test_chown_lone_uid_is_gid_uid_even_when_passwd_says_otherwise(tmp_path):
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").write_text("svc:x:500:100::/srv:/bin/sh\n")
+    (tmp_path / "etc/group").write_text("users:x:100:\nstaff:x:50:svc\n")
+    r = str(tmp_path)
+    assert resolve_chown(r, "500") == (500, 500)  # BuildKit's UserOpt_ByID sets both; buildah gives 500:500 too
+    assert resolve_chown(r, "svc") == (500, 100)  # a name: its primary group
+    assert resolve_chown(r, "svc:staff") == (500, 50)
+    assert resolve_chown(r, ":staff") == (0, 50)
+    assert resolve_owner(r, "svc") == (500, 100)
+    assert resolve_owner(r, "500") == (500, 500)
+    assert resolve_user(r, "500").gid == 100  # RUN follows runc: a uid in passwd gets its primary group
+
+
+@pytest.mark.parametrize("spec, want", [
+    ("", (0, 0)),
+    ("app", (1000, 1000)),
+    ("app:extra", (1000, 2000)),
+    ("ghost", (0, 0)),  # BuildKit and buildah create WORKDIR as 0:0 for a user they cannot find
+    ("app:ghosts", (1000, 1000)),  # an unknown group keeps the user's gid (BuildKit's readUser)
+    ("ghost:extra", (0, 2000)),
+])
+def test_resolve_owner_falls_back_as_buildkit_does(root, spec, want):
+    assert resolve_owner(root, spec) == want

@@ -277,13 +277,12 @@ class _Builder:
         state.snapshot = executor.take(sroot.path, ignore=self.stage_opts.ignore_paths, quiescent=True)
         result = _Stage(index, state, ref=ref)
         self.stages[index] = result
-        if stage.base.lower() == "scratch" and stage.base_stage is None:
-            cfg.inner.setdefault("WorkingDir", "/")  # as BuildKit's empty image
         parent = self.scopes.get(stage.base_stage) if stage.base_stage is not None else None
         scope = stage_scope(self.plan, index, base_env=tuple(cfg.env()),
                             base_args=tuple(parent.args.items()) if parent is not None else ())
-        # A base image's ONBUILD triggers run first; a stage used as a base has its triggers dropped (BuildKit).
-        triggers = base.config().get("config", {}).get("OnBuild") or [] if stage.base_stage is None else []
+        # The base's ONBUILD triggers run first, whether it is an image or an earlier stage (Docker, buildah and
+        # BuildKit except v0.17.0, whose regression moby/buildkit#5486 dropped them for stages).
+        triggers = base.config().get("config", {}).get("OnBuild") or []
         todo = list(onbuild_instructions(triggers, escape=self.plan.escape)) + list(stage.instructions)
         cfg.inner["OnBuild"] = None  # triggers run once, in the first child
         from .runstep import StepRunner  # the RUN machinery (sandbox) only when a stage has steps

@@ -2,10 +2,13 @@
 
 Docker's rules, as BuildKit applies them:
 - sources are relative to the source root (a leading ``/`` too; ``..`` cannot climb out of it); wildcards use
-  Go ``filepath.Match`` per path component; a source that is missing or excluded by ``.dockerignore`` is an error;
+  Go ``filepath.Match`` per path component; a literal source that is missing or excluded by ``.dockerignore``
+  is an error; a wildcard may match nothing (BuildKit's ``AllowEmptyWildcard``: nothing is copied), but the
+  literal directory before its first wildcard must exist; excluded files never match;
 - a source directory's *contents* are copied (``--parents`` keeps the matched path, from a ``/./`` pivot if any);
 - a destination ending in ``/``, or an existing directory, receives sources under their base names; several
-  sources (or a wildcard) need such a directory; a relative destination is relative to WORKDIR;
+  sources *after wildcard expansion* need such a directory (one match and no slash: the destination is the
+  file's new name); a relative destination is relative to WORKDIR;
 - a source given by a symlink is followed (inside the source root); symlinks inside copied trees stay symlinks;
   hard links within one copy stay hard links;
 - files keep their permission bits and mtime; owner is ``--chown`` if given, else 0:0 for the context and the
@@ -59,20 +62,13 @@ def copy(dst: RootFS, src: Source, patterns: list[str], dest: str, *, workdir: s
     """Copy ``patterns`` from ``src`` to ``dest`` in ``dst``; returns the paths written (relative to the root)."""
     exclude = parse_dockerignore("\n".join(excludes), file="--exclude") if excludes else None
     with RootFS(src.root) as sroot:
-        matches: list[_Match] = []
-        wildcard = False
-        for pattern in patterns:
-            found = _match(sroot, src, pattern, exclude)
-            wildcard |= bool(_GLOB.search(pattern))
-            if not found:
-                raise BuildError(f"{what} failed: {pattern!r}: not found in {src.label}"
-                                 + (" (or excluded by .dockerignore)" if src.ignore is not None else ""))
-            matches.extend(found)
+        matches = expand(sroot, src, patterns, exclude=exclude, what=what)
+        if not matches:
+            raise no_sources(patterns, src, what)
         dest_abs = posixpath.join(workdir or "/", dest)
-        dest_dir = dest.endswith("/") or dest in (".", "") or dest.endswith("/.") or _is_dir(dst, dest_abs)
-        if (len(matches) > 1 or wildcard) and not dest_dir and not parents:
-            raise BuildError(f"{what} failed: when copying more than one source, the destination {dest!r} "
-                             "must be a directory and end with a /")
+        dest_dir = dest_is_dir(dst, dest, workdir=workdir)
+        if not parents:
+            check_several(len(matches), dest, dest_dir=dest_dir, what=what)
         job = _Copy(dst, sroot, src, owner, chmod, exclude)
         for m in matches:
             st = _stat_followed(sroot, m.rel)
@@ -92,6 +88,63 @@ def copy(dst: RootFS, src: Source, patterns: list[str], dest: str, *, workdir: s
                 job.make_dirs(posixpath.dirname(target))
                 job.entry(m.rel, target, followed=True)
         return job.written
+
+
+def expand(sroot: RootFS, src: Source, patterns: list[str], *, exclude: DockerIgnore | None = None,
+           what: str = "COPY") -> list[_Match]:
+    """The sources ``patterns`` name, wildcards expanded, in order. A literal source must exist; a wildcard may
+    match nothing (the caller refuses an instruction whose sources all matched nothing: :func:`no_sources`), but
+    the literal directory before its first wildcard must exist (BuildKit lstats it)."""
+    matches: list[_Match] = []
+    for pattern in patterns:
+        found = _match(sroot, src, pattern, exclude)
+        if not found:
+            literal = _literal_dir(pattern)
+            if literal is None:
+                raise BuildError(f"{what} failed: {pattern!r}: not found in {src.label}"
+                                 + (" (or excluded by .dockerignore)" if src.ignore is not None else ""))
+            if literal and not _is_dir(sroot, literal):
+                raise BuildError(f"{what} failed: {pattern!r}: directory {literal!r} not found in {src.label}")
+        matches.extend(found)
+    return matches
+
+
+def no_sources(patterns: list[str], src: Source, what: str) -> BuildError:
+    """Every source was a wildcard and none matched. Docker's classic builder, Kaniko and buildah refuse this
+    (the optional-file idiom ``COPY package.json yarn.lock* ./`` still works: one source matched); BuildKit
+    copies nothing, which hides a wrong path (moby/buildkit#4900), so snapfs sides with the error."""
+    shown = ", ".join(repr(p) for p in patterns)
+    return BuildError(f"{what} failed: no source files were specified: {shown} matched nothing in {src.label}"
+                      + (" (after .dockerignore)" if src.ignore is not None else ""))
+
+
+def dest_is_dir(dst: RootFS, dest: str, *, workdir: str = "/") -> bool:
+    """Whether COPY's ``dest`` means a directory: it ends in ``/`` (or is ``.``), or is one in the stage root."""
+    return (dest.endswith("/") or dest in (".", "") or dest.endswith("/.")
+            or _is_dir(dst, posixpath.join(workdir or "/", dest)))
+
+
+def check_several(count: int, dest: str, *, dest_dir: bool, what: str) -> None:
+    """Several sources, counted after wildcard expansion, need a directory destination (Docker's rule)."""
+    if count > 1 and not dest_dir:
+        raise BuildError(f"{what} failed: when using {what} with more than one source file ({count} here), "
+                         f"the destination {dest!r} must be a directory and end with a /")
+
+
+def escape_glob(rel: str) -> str:
+    """A matched path as a pattern that matches only itself (for ADD, which copies each match on its own): the
+    components holding wildcard characters get them backslash-escaped; the others are taken literally anyway."""
+    return "/".join(re.sub(r"([*?\[\\])", r"\\\1", c) if _GLOB.search(c) else c for c in rel.split("/"))
+
+
+def _literal_dir(pattern: str) -> str | None:
+    """For a wildcard pattern, the directory before its first wildcard component ("" for the root); None for a
+    literal pattern."""
+    parts = clean(pattern.replace("/./", "/")).split("/")
+    for i, part in enumerate(parts):
+        if _GLOB.search(part):
+            return "/".join(parts[:i])
+    return None
 
 
 def _match(sroot: RootFS, src: Source, pattern: str, exclude: DockerIgnore | None) -> list[_Match]:

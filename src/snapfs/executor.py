@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 
 from . import imageconfig, instructions as ins
 from .changes import diff
-from .copier import Source, copy, write_inline
-from .errors import NotSupportedError, SnapfsError
+from .copier import Source, check_several, copy, dest_is_dir, write_inline
+from .errors import BuildError, NotSupportedError, SnapfsError
 from .image import Image, Layer
 from .instruction_values import parse_chmod
 from .layer import write_layer
-from .rootfs import RootFS
+from .rootfs import RootFS, lstat_at, open_dir_at
 from .snapshot import Snapshot, patch, take
 
 log = logging.getLogger("snapfs.build")
@@ -181,6 +181,42 @@ def workdir_step(state: StageState, opts: StageOptions, instruction: ins.Workdir
     return commit(state, opts, index=index, created_by=created_by, touched=[path])
 
 
+def make_volume_dirs(state: StageState) -> None:
+    """Before a RUN: create every missing directory of the config's ``Volumes`` (this stage's VOLUME lines and
+    the base image's), so they land in the RUN's layer. That is where Docker's classic builder and buildah put
+    them (a RUN sees each volume as a mount point, which they create); Kaniko creates them at the VOLUME line and
+    adds them to the next command's snapshot; BuildKit creates none. Root-owned, 0755, parents too, whatever the
+    USER; symlinks on the way are followed inside the root; a path that exists, directory or not, is left as it
+    is. With no RUN after it, a VOLUME changes only the config, as with the classic builder and buildah."""
+    volumes = state.config.inner.get("Volumes") or {}
+    if volumes:
+        with RootFS(state.root) as root:
+            for path in volumes:
+                _make_volume_dir(root, path)
+
+
+def _make_volume_dir(root: RootFS, path: str) -> None:
+    """Create ``path`` if missing (a relative path counts from ``/``, as in buildah)."""
+    try:
+        with root.at(path, follow=True) as (fd, name):
+            if name == "." or lstat_at(fd, name) is not None:
+                return
+    except FileNotFoundError:
+        pass  # a parent is missing too
+    except NotADirectoryError:
+        raise BuildError(f"cannot create the directory of VOLUME {path}: a parent is not a directory") from None
+    # Only a missing volume creates its parents (0755, root-owned), so the walk that checked created nothing.
+    with root.at(path, follow=True, make_parents=True) as (fd, name):
+        os.mkdir(name, 0o700, dir_fd=fd)
+        new = open_dir_at(fd, name)
+        try:
+            if os.geteuid() == 0:
+                os.fchown(new, 0, 0)  # not the parent's group, even under a setgid parent
+            os.fchmod(new, 0o755)  # whatever the umask
+        finally:
+            os.close(new)
+
+
 def copy_step(state: StageState, opts: StageOptions, instruction, *, index: int, created_by: str,
               source: Source, owner: tuple[int, int] | None, staged: list | None = None) -> StepTiming:
     """COPY / ADD: inline heredoc files, then the sources (``staged`` for ADD: already made local)."""
@@ -202,6 +238,11 @@ def copy_step(state: StageState, opts: StageOptions, instruction, *, index: int,
                          mtime_ns=None if opts.epoch is None else opts.epoch * 10**9)
             touched.append(path)
         if staged is not None:
+            # ADD's sources counted after wildcard expansion, as COPY's are: one match may be renamed.
+            several = len(staged) + len(instruction.inline) > 1
+            if several:
+                check_several(len(staged) + len(instruction.inline), dest, what=what,
+                              dest_dir=dest_is_dir(root, dest, workdir=workdir))
             for s in staged:
                 # An extracted archive or a cloned repository always lands inside the destination directory.
                 d = dest + "/" if (s.into_dir or several) and not dest.endswith("/") else dest

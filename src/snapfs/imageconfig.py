@@ -60,10 +60,12 @@ def start_stage(base_config: dict, *, platform: tuple[str, str, str]) -> StageCo
     cfg.setdefault("architecture", arch)
     if variant and not cfg.get("variant"):
         cfg["variant"] = variant
-    # Docker puts a default PATH into every image that lacks one.
+    # A base without PATH (scratch included) gets Docker's default one, after its own variables, as buildah 1.28
+    # does (Kaniko adds it only to a base without any Env). No WorkingDir is added: FROM scratch leaves it empty,
+    # as buildah and Kaniko do (BuildKit writes "/").
     env = cfg["config"].setdefault("Env", None) or []
     if not any(e.startswith("PATH=") for e in env):
-        env.insert(0, f"PATH={DEFAULT_PATH}")
+        env.append(f"PATH={DEFAULT_PATH}")
     cfg["config"]["Env"] = env
     history = cfg.pop("history", None) or []
     cfg.pop("rootfs", None)

@@ -68,7 +68,7 @@ class StepRunner:
     def _stage_add(self, i: ins.Add, index: int) -> list:
         """Every ADD source made local: URLs downloaded, repositories cloned, archives extracted."""
         from . import addsources as add
-        from .copier import _match
+        from .copier import escape_glob, expand, no_sources
 
         staging = os.path.join(self.b.scratch, f"add-{index}")
         os.makedirs(staging)
@@ -91,9 +91,7 @@ class StepRunner:
                 if i.checksum:
                     raise UsageError("ADD --checksum applies only to URL sources")
                 with RootFS(self.b.context.root) as root:
-                    matches = _match(root, self.b.context, src, None)
-                if not matches:
-                    raise BuildError(f"ADD failed: {src!r}: not found in build context")
+                    matches = expand(root, self.b.context, [src], what="ADD")
                 for m in matches:
                     path = add.local_source_path(self.b.context, m.rel)
                     if path is not None and i.unpack is not False and add.is_archive(path):
@@ -102,7 +100,9 @@ class StepRunner:
                         out.append(add.Staged(Source(add.extract(path, sub), False, label=m.rel), ".",
                                               into_dir=True))
                     else:
-                        out.append(add.Staged(self.b.context, m.rel))
+                        out.append(add.Staged(self.b.context, escape_glob(m.rel)))
+        if i.sources and not out:  # every source a wildcard that matched nothing (heredoc files are not sources)
+            raise no_sources(list(i.sources), self.b.context, "ADD")
         return out
 
     def _source(self, from_: str | None) -> Source:
@@ -129,10 +129,10 @@ class StepRunner:
         return root
 
     def _owner(self, spec: str) -> tuple[int, int]:
-        from .users import resolve_user
+        """Owner of the directories WORKDIR creates under ``USER spec`` (BuildKit's file-op rules)."""
+        from .users import resolve_owner
 
-        user = resolve_user(self.state.root, spec)
-        return user.uid, user.gid
+        return resolve_owner(self.state.root, spec)
 
     def _chown(self, spec: str) -> tuple[int, int]:
         from .users import resolve_chown
@@ -159,6 +159,7 @@ class StepRunner:
             run = incontainer.runner(self.b.o.isolation)
         direct = run is incontainer.run_direct
         cfg = self.state.config
+        executor.make_volume_dirs(self.state)  # in this step's layer, as the classic builder and buildah do
         env = dict(scope.run_env())
         argv, script = self._argv(i)
         with contextlib.ExitStack() as stack:

@@ -7,15 +7,22 @@ resolves inside the root, and their size is bounded.
 The rules are Docker's (runc's ``GetExecUser``):
 
 - the user is a name or a numeric uid; a numeric uid absent from passwd is allowed (gid 0, HOME ``/``), a name
-  absent from passwd is an error;
+  absent from passwd is an error, except ``root``, which is uid 0 with or without a passwd file (an image
+  ``FROM scratch`` has none; BuildKit's fast path and buildah both take ``root`` as 0);
 - without ``:group`` the primary gid comes from passwd and the supplementary groups are every group that lists
-  the user by name; with ``:group`` (a name, or a number that need not exist) that group is the only one;
-- ``COPY --chown`` (:func:`resolve_chown`) follows BuildKit: a lone numeric uid gives gid = uid, a lone name gives
-  the user's primary gid.
+  the user by name; with ``:group`` (a name, ``root``, or a number that need not exist) that group is the only one.
+
+File owners (``COPY/ADD --chown``: :func:`resolve_chown`; the directory ``WORKDIR`` creates under ``USER``:
+:func:`resolve_owner`) follow BuildKit's file operations (``llb.WithUser`` and the solver's ``readUser``): a
+number or ``root`` needs no file, and a lone one gives gid = uid (``--chown=1000`` is 1000:1000 whatever passwd
+says); a lone name gives the user's primary gid; an empty user (``:staff``) is uid 0. Where BuildKit silently
+falls back to 0 for a name it cannot find, ``--chown`` is an error (as in buildah: a typo must not make root-owned
+files), while ``WORKDIR`` falls back as BuildKit and buildah both do: its owner is only a default.
 """
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
 from dataclasses import dataclass
@@ -27,6 +34,8 @@ from .rootfs import RootFS
 MAX_DB_SIZE = 8 << 20  # passwd/group files past this are refused, not parsed
 MAX_ID = 2**32 - 2  # (uid_t)-1 is "no change" to the kernel, never a real id
 DEFAULT_HOME = "/"
+ROOT = "root"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,8 @@ def resolve_user(root: str | os.PathLike | RootFS, spec: str) -> User:
         passwd = _read_passwd(rfs)
         uid = _numeric(user_arg)
         entry = next((e for e in passwd if e.name == user_arg or (uid is not None and e.uid == uid)), None)
+        if entry is None and user_arg == ROOT:
+            entry = PasswdEntry(ROOT, 0, 0, DEFAULT_HOME)
         if entry is None:
             if uid is None:
                 raise BuildError(f"unable to find user {user_arg}: no matching entries in passwd file")
@@ -77,32 +88,59 @@ def resolve_user(root: str | os.PathLike | RootFS, spec: str) -> User:
 
 
 def resolve_chown(root: str | os.PathLike | RootFS, spec: str) -> tuple[int, int]:
-    """(uid, gid) for ``COPY --chown=user[:group]``; numeric ids need no passwd or group file."""
+    """(uid, gid) for ``COPY --chown=user[:group]``; a name missing from the image's files is an error."""
     user_arg, sep, group_arg = spec.partition(":")
-    if not user_arg or (sep and not group_arg):
+    if not (user_arg or group_arg) or (sep and not group_arg):
         raise BuildError(f"invalid --chown value {spec!r}: expected user[:group]")
-    uid = _numeric(user_arg)
+    return _file_owner(root, user_arg, group_arg, strict=True)
+
+
+def resolve_owner(root: str | os.PathLike | RootFS, spec: str) -> tuple[int, int]:
+    """(uid, gid) that ``WORKDIR`` gives the directories it creates under ``USER spec``: BuildKit's rules, a
+    name missing from the image's files counting as 0 (the next RUN reports an unknown user)."""
+    user_arg, _, group_arg = (spec or "").partition(":")
+    return _file_owner(root, user_arg, group_arg, strict=False)
+
+
+def _file_owner(root, user_arg: str, group_arg: str, *, strict: bool) -> tuple[int, int]:
+    uid = _id_of(user_arg) if user_arg else 0  # ":group" alone: uid 0, as BuildKit marshals an empty name
+    gid = uid
     with _opened(root) as rfs:
         if uid is None:
             entry = next((e for e in _read_passwd(rfs) if e.name == user_arg), None)
-            if entry is None:
+            if entry is not None:
+                uid, gid = entry.uid, entry.gid
+            elif strict:
                 raise BuildError(f"unable to find user {user_arg}: no matching entries in passwd file")
-            uid, gid = entry.uid, entry.gid
-        else:
-            gid = uid  # BuildKit: "--chown=1000" means 1000:1000 whatever passwd says
+            else:
+                log.warning("user %s is not in the image's /etc/passwd: directories are created as 0:0", user_arg)
+                uid = gid = 0
         if group_arg:
-            gid = _group_id(rfs, group_arg)
+            found = _id_of(group_arg)
+            if found is None:
+                found = next((g.gid for g in _read_group(rfs) if g.name == group_arg), None)
+            if found is not None:
+                gid = found
+            elif strict:
+                raise BuildError(f"unable to find group {group_arg}: no matching entries in group file")
+            else:
+                log.warning("group %s is not in the image's /etc/group: keeping gid %d", group_arg, gid)
     return uid, gid
 
 
 def _group_id(rfs: RootFS, group_arg: str) -> int:
-    gid = _numeric(group_arg)
+    gid = _id_of(group_arg)
     if gid is not None:
         return gid
     for g in _read_group(rfs):
         if g.name == group_arg:
             return g.gid
     raise BuildError(f"unable to find group {group_arg}: no matching entries in group file")
+
+
+def _id_of(value: str) -> int | None:
+    """A numeric id, or 0 for ``root``, which needs no passwd or group file; None for any other name."""
+    return 0 if value == ROOT else _numeric(value)
 
 
 def _numeric(value: str) -> int | None:

@@ -15,6 +15,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "registry"))
 from basekit import make_busybox_layout, make_debian_layout  # noqa: E402
+from parity import RESULTS, Buildah  # noqa: E402
 from registry_servers import RegistryProcess, need, skopeo  # noqa: E402
 
 from snapfs import apply_layers  # noqa: E402
@@ -111,3 +112,30 @@ def run_build(tmp_path, registry):
         return Built(result, rootfs, json.loads(image.config_bytes), layout)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def buildah(tmp_path_factory, registry):
+    """``buildah`` with one storage for the session (busybox pulled once from the local registry)."""
+    need("buildah")
+    b = Buildah.create(str(tmp_path_factory.mktemp("buildah-storage")), registry.host)
+    yield b
+    b.run("rmi", "--all", "--force", check=False)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """After a run of test_parity_buildah.py: the corpus size and how many cases matched buildah."""
+    if not RESULTS:
+        return
+    count = {k: sum(1 for v in RESULTS.values() if v.split(":")[0] == k) for k in ("matched", "known", "differs",
+                                                                                   "skipped")}
+    compared = count["matched"] + count["known"] + count["differs"]
+    terminalreporter.write_line(
+        f"buildah parity: corpus {len(_corpus_names())} cases, {len(RESULTS)} run, {compared} compared, "
+        f"{count['matched']} matched exactly, {count['known']} matched apart from documented differences, "
+        f"{count['differs']} differ, {count['skipped']} opted out")
+
+
+def _corpus_names() -> list[str]:
+    cases = os.path.join(os.path.dirname(__file__), "cases")
+    return [n for n in os.listdir(cases) if os.path.isfile(os.path.join(cases, n, "Dockerfile"))]

@@ -95,6 +95,10 @@ after a ``[table]`` header into that table, so the top-level keys (``description
     mtime = 1600000000
 
     absent = ["/path"]                 # (top level) must not exist (lexists)
+
+    [buildah]                          # test_parity_buildah.py: opting out of the buildah comparison, with reasons
+    skip = "heredocs need buildah >= 1.33"          # (or top level: buildah = "skip: <reason>")
+    known = { "config:WorkingDir" = "why BuildKit (followed by snapfs) and buildah 1.28 differ here" }
 """
 from __future__ import annotations
 
@@ -123,7 +127,7 @@ TYPES = {"file": stat.S_ISREG, "dir": stat.S_ISDIR, "symlink": stat.S_ISLNK, "fi
 BUILD_KEYS = {"build_args", "labels", "target", "custom_platform", "image_format", "compression", "single_snapshot",
               "snapshot_mode", "reproducible", "secrets", "compression_level"}
 TOP_KEYS = {"description", "slow", "context", "serve", "build", "error", "image", "config", "config_contains",
-            "config_absent", "env_absent", "history", "manifest", "last_layer", "files", "absent"}
+            "config_absent", "env_absent", "history", "manifest", "last_layer", "files", "absent", "buildah"}
 TABLE_KEYS = {
     "context": {"modes", "symlinks", "hardlinks", "mtimes", "archives", "raw"},
     "serve": {"archives"},
@@ -154,6 +158,25 @@ def _validate(expect: dict) -> None:
         assert f.get("type", "file") in TYPES, f"[[files]] {f['path']}: unknown type {f['type']}"
     assert "error" not in expect or not (set(expect) & {"files", "config", "history", "absent"}), \
         "an error case checks nothing else"
+    _validate_buildah(expect.get("buildah"))
+
+
+def _validate_buildah(spec) -> None:
+    """``buildah = "skip: <reason>"``, or ``[buildah]`` with ``skip = "<reason>"`` and/or ``known``: a table of
+    difference keys (``error``, ``config:<Key>``, ``file:/<path>``, see parity.py) to reasons."""
+    if spec is None:
+        return
+    if isinstance(spec, str):
+        assert spec.startswith("skip: ") and spec[6:].strip(), f"buildah = 'skip: <reason>', not {spec!r}"
+        return
+    extra = set(spec) - {"skip", "known"}
+    assert not extra, f"unknown keys in [buildah]: {extra}"
+    assert "skip" not in spec or (isinstance(spec["skip"], str) and spec["skip"].strip()), \
+        "[buildah] skip needs a reason"
+    for key, why in spec.get("known", {}).items():
+        assert key == "error" or key.startswith(("config:", "file:/")), \
+            f"[buildah.known] {key!r} is not a difference key"
+        assert isinstance(why, str) and why.strip(), f"[buildah.known] {key!r} needs a reason"
 
 
 def _cases():
@@ -451,7 +474,7 @@ def _check_last_layer(layout: str, spec: dict) -> list[str]:
 
 # -- the test --------------------------------------------------------------------------------------------------
 def test_corpus_has_enough_cases():
-    assert len(_cases()) >= 65
+    assert len(_cases()) >= 175
 
 
 @pytest.mark.parametrize("name,expect", _cases())
@@ -495,3 +518,23 @@ def _run_case(name, expect, dockerfile, kw, run_build):
         errs += _check_last_layer(b.layout, expect["last_layer"])
     errs += _check_files(b, expect.get("files", []), expect.get("absent", []))
     assert not errs, f"{name}:\n  " + "\n  ".join(errs)
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("skip heredocs", "buildah = 'skip: <reason>'"),
+    ("skip: ", "buildah = 'skip: <reason>'"),
+    ({"skip": ""}, "[buildah] skip needs a reason"),
+    ({"ignore": ["x"]}, "unknown keys in [buildah]: {'ignore'}"),
+    ({"known": {"WorkingDir": "why"}}, "'WorkingDir' is not a difference key"),
+    ({"known": {"layers": "why"}}, "'layers' is not a difference key"),
+    ({"known": {"config:WorkingDir": ""}}, "'config:WorkingDir' needs a reason"),
+])
+def test_buildah_opt_out_needs_a_reason(spec, message):
+    with pytest.raises(AssertionError) as info:
+        _validate({"description": "x", "buildah": spec})
+    assert message in str(info.value)
+
+
+def test_buildah_opt_out_forms_accepted():
+    _validate({"buildah": "skip: heredocs need buildah >= 1.33"})
+    _validate({"buildah": {"known": {"error": "a", "config:Env": "c", "file:/srv": "d"}}})
