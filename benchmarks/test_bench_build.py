@@ -23,9 +23,9 @@ from basekit import make_debian_layout  # noqa: E402
 from registry_servers import RegistryProcess, skopeo  # noqa: E402
 
 from snapfs import build  # noqa: E402
-from snapfs.builder import BuildOptions  # noqa: E402
-from snapfs.outputs import OutputOptions  # noqa: E402
-from snapfs.registry import RegistryOptions  # noqa: E402
+from snapfs.builder.pipeline import BuildOptions  # noqa: E402
+from snapfs.image.transports import OutputOptions  # noqa: E402
+from snapfs.image.registry.client import RegistryOptions  # noqa: E402
 
 FILES = max(1000, int(20_000 * SCALE))
 

@@ -17,7 +17,7 @@ import pytest
 from conftest import SCALE, report
 from isal import igzip
 
-from snapfs.context_extract import extract_context
+from snapfs.context.extract import extract_context
 
 FILES = max(200, int(20_000 * SCALE))
 

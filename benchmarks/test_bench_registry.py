@@ -20,7 +20,7 @@ sys.path.append(os.path.join(os.path.dirname(__file__), "..", "tests", "registry
 from imagekit import image_of, random_layer  # noqa: E402
 from registry_servers import RegistryProcess  # noqa: E402
 
-from snapfs.layout import write_layout  # noqa: E402
+from snapfs.image.layout import write_layout  # noqa: E402
 
 GIB = 1 << 30
 

@@ -205,7 +205,7 @@ def write(path: str, text: str, mode: int) -> None:
 SNAPFS_SCRIPT = """#!{python}
 import sys
 
-from snapfs.cli import main
+from snapfs.cli.main import main
 
 sys.exit(main())
 """

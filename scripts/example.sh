@@ -17,7 +17,7 @@ echo "== run the image's command in a chroot"
 mkdir -p "$out/rootfs"
 layers=$("$PY" - "$out/hello-oci" <<'PYEOF'
 import sys
-from snapfs.layout import read_layout
+from snapfs.image.layout import read_layout
 print(" ".join(l.path for l in read_layout(sys.argv[1]).layers))
 PYEOF
 )

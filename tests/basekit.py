@@ -6,10 +6,10 @@ import shutil
 import subprocess
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "registry"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "image"))
 from imagekit import busybox_rootfs, dir_layer, image_of  # noqa: E402
 
-from snapfs.layout import write_layout  # noqa: E402
+from snapfs.image.layout import write_layout  # noqa: E402
 
 DEBIAN_CACHE = os.environ.get("SNAPFS_TEST_CACHE", "/var/tmp/snapfs-test-cache")
 

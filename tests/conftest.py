@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from snapfs import backend as _backend
+from snapfs.engine import backend as _backend
 
 sys.path.insert(0, os.path.dirname(__file__))
 from toolcheck import missing_tools, report  # noqa: E402

@@ -170,8 +170,8 @@ def test_the_privilege_rules_bite():
 
 @pytest.mark.parametrize("name, job", JOBS, ids=[n for n, _ in JOBS])
 def test_job_arguments_are_snapfs_build_flags(name, job):
-    from snapfs.cli import make_parser
-    from snapfs.cmd_build import normalize_booleans
+    from snapfs.cli.main import make_parser
+    from snapfs.cli.build import normalize_booleans
 
     c = job["spec"]["template"]["spec"]["containers"][0]
     assert c["image"].endswith("/snapfs/executor:0.1.0")
@@ -182,7 +182,7 @@ def test_job_arguments_are_snapfs_build_flags(name, job):
 
 
 def test_configmap_dockerfile_plans():
-    from snapfs.stages import plan_build
+    from snapfs.frontend.plan import plan_build
 
     (doc,) = [d for _, d in DOCS if d["kind"] == "ConfigMap"]
     plan = plan_build(doc["data"]["Dockerfile"])

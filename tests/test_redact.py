@@ -79,7 +79,12 @@ def test_scrub_adds_known_secrets_and_secret_assignments_outside_urls():
 
 def test_one_function_for_the_package():
     """The registry's, the context fetchers' and ADD's messages all use this module's function."""
-    from snapfs import addsources, context, context_fetch, context_git, history, registry
+    from snapfs.builder import addsources
+    from snapfs.context import resolve as context
+    from snapfs.context import fetch as context_fetch
+    from snapfs.context import git as context_git
+    from snapfs.builder import history
+    from snapfs.image.registry import client as registry
 
     assert registry.redact_url("https://u:p@h/v2/?_state=s") == redact.redact_url("https://u:p@h/v2/?_state=s")
     assert addsources.redact_url is context.redact_url is redact.redact_url

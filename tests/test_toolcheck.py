@@ -15,7 +15,7 @@ HERE = os.path.dirname(__file__)
 def _pytest(path: str, no_skip: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": path, "SNAPFS_NO_SKIP": no_skip}
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--collect-only",
-                           os.path.join(HERE, "test_tarheader.py")], env=env, capture_output=True, text=True,
+                           os.path.join(HERE, "engine", "test_tarheader.py")], env=env, capture_output=True, text=True,
                           timeout=120, cwd=os.path.dirname(HERE))
 
 

@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
 """Compiled kernel: the rootfs walker and the sorted-merge diff of two snapshots.
 
-Same API and byte-for-byte the same results as ``snapfs._pure`` (the test oracle). The walk runs without the
+Same API and byte-for-byte the same results as ``snapfs.engine._pure`` (the test oracle). The walk runs without the
 GIL and produces three compact buffers instead of one Python object per file:
 
 - ``records``: one fixed-size row per entry (``rows.RECORD``: 96 bytes),
@@ -19,7 +19,7 @@ from libc.string cimport memcmp, memcpy, strcmp, strlen
 
 from .errors import InputError
 from .limits import MAX_DEPTH
-from .rows import add_xattrs, fd_room, long_path_xattrs, too_deep
+from .engine.rows import add_xattrs, fd_room, long_path_xattrs, too_deep
 
 cdef extern from "<errno.h>":
     int errno

@@ -13,17 +13,17 @@ from dataclasses import dataclass
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "registry"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "image"))
 from basekit import make_busybox_layout, make_debian_layout  # noqa: E402
 from parity import RESULTS, Buildah  # noqa: E402
 from registry_servers import RegistryProcess, need, skopeo  # noqa: E402
 
 from snapfs import apply_layers  # noqa: E402
-from snapfs.builder import BuildOptions, build  # noqa: E402
-from snapfs.layout import read_layout  # noqa: E402
-from snapfs.outputs import OutputOptions  # noqa: E402
-from snapfs.reference import parse_reference  # noqa: E402
-from snapfs.registry import RegistryOptions  # noqa: E402
+from snapfs.builder.pipeline import BuildOptions, build  # noqa: E402
+from snapfs.image.layout import read_layout  # noqa: E402
+from snapfs.image.transports import OutputOptions  # noqa: E402
+from snapfs.image.reference import parse_reference  # noqa: E402
+from snapfs.image.registry.client import RegistryOptions  # noqa: E402
 
 @pytest.fixture(scope="session")
 def basedir(tmp_path_factory):

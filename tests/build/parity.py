@@ -23,7 +23,7 @@ import subprocess
 from dataclasses import dataclass
 
 from snapfs import apply_layers
-from snapfs.layout import read_layout
+from snapfs.image.layout import read_layout
 
 # buildah leaves these behind (TESTING.md): mount points and files it binds in for RUN, kept empty in the image.
 BUILDAH_ARTIFACTS = ("etc/hosts", "etc/hostname", "etc/resolv.conf", "run", "proc", "sys", "dev")

@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 from snapfs import apply_layers
-from snapfs.layout import read_layout
+from snapfs.image.layout import read_layout
 
 DOCKERFILE = (b"FROM busybox\n"
               b"ENV V=a\xffb\n"

@@ -14,7 +14,7 @@ import tarfile
 import pytest
 
 from snapfs.errors import BuildError, SnapfsError
-from snapfs.layout import read_layout
+from snapfs.image.layout import read_layout
 from snapfs.limits import MAX_DEPTH
 
 SECRET = b"HOST-SECRET-d41d8cd98f"

@@ -15,8 +15,8 @@ import time
 import pytest
 from imagekit import _reset, _write_layer, image_of
 
-from snapfs import lifecycle
-from snapfs.layout import read_layout, write_layout
+from snapfs.engine import lifecycle
+from snapfs.image.layout import read_layout, write_layout
 
 MARK = "step-42-running"  # what the step prints; the STEP line that announces it shows ECHO_MARK unexpanded
 ECHO_MARK = 'echo "step-$((40 + 2))-running"'

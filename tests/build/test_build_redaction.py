@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "context"))
 from context_servers import BasicAuthFileHandler, HTTPServerThread  # noqa: E402
 
-from snapfs.compress import open_decompressed  # noqa: E402
+from snapfs.engine.compress import open_decompressed  # noqa: E402
 
 PASSWORD = "pa55-Word-never-seen"
 SIGNATURE = "f00dSIGNATUREbabe"

@@ -12,7 +12,7 @@ from snapfs.errors import BuildError
 
 
 def layer_names(built) -> list[list[str]]:
-    from snapfs.layout import read_layout
+    from snapfs.image.layout import read_layout
 
     out = []
     for layer in read_layout(built.layout).layers:
@@ -103,7 +103,7 @@ def test_mounts_do_not_leak_into_layers(run_build, tmp_path):
         assert not os.path.exists(b.path(p)), p
     for layer in layer_names(b):
         assert not any("secrets" in n or n.startswith("mnt") or n.startswith("scratch") for n in layer)
-    from snapfs.layout import read_layout
+    from snapfs.image.layout import read_layout
 
     for layer in read_layout(b.layout).layers:
         with gzip.open(layer.path) as f:

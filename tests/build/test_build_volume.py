@@ -21,9 +21,9 @@ from parity import compare_trees, tree
 
 from snapfs import apply_layers
 from snapfs.errors import BuildError
-from snapfs.image import with_config
-from snapfs.imageconfig import DEFAULT_PATH
-from snapfs.layout import read_layout, write_layout
+from snapfs.image.model import with_config
+from snapfs.builder.imageconfig import DEFAULT_PATH
+from snapfs.image.layout import read_layout, write_layout
 
 
 def info(built, p: str) -> tuple[str, int, int, int]:

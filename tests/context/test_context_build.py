@@ -14,12 +14,12 @@ from conftest import AZURE_ACCOUNT, AZURE_KEY, GIT_ENV, git
 from context_servers import GIT_TOKEN
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "registry"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "image"))
 from basekit import make_busybox_layout  # noqa: E402
 from registry_servers import RegistryProcess, skopeo  # noqa: E402
 
 from snapfs import apply_layers  # noqa: E402
-from snapfs.layout import read_layout  # noqa: E402
+from snapfs.image.layout import read_layout  # noqa: E402
 
 APP = {
     "Dockerfile": "FROM busybox\nCOPY hello.sh /usr/local/bin/hello\nRUN chmod 0755 /usr/local/bin/hello\n"

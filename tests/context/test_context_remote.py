@@ -14,8 +14,8 @@ import pytest
 
 from context_kit import check_app, compress, make_app, tar_cli, tar_of
 from context_servers import AZURE_ACCOUNT, AZURE_KEY, AZURE_PROD_HOST
-from snapfs.context import fetch_context, locate_dockerfile
-from snapfs.context_extract import ContextError
+from snapfs.context.resolve import fetch_context, locate_dockerfile
+from snapfs.context.extract import ContextError
 
 WRONG_AZURE_KEY = "V3JvbmdLZXlXcm9uZ0tleVdyb25nS2V5V3JvbmdLZXlXcm9uZ0tleQ=="  # base64, not the account's
 
@@ -243,7 +243,7 @@ def test_azure_errors(azure_blob, workdir, monkeypatch, logs, capsys):
     monkeypatch.setenv("AZURE_STORAGE_ACCESS_KEY", "not base64 at all!")
     fails(BLOB_URL, workdir, r"access denied|Azure Blob request failed", secrets=("not base64 at all!",),
           logs=logs)
-    monkeypatch.setattr("snapfs.context_fetch.AZURE_RETRY", {"retry_total": 0})
+    monkeypatch.setattr("snapfs.context.fetch.AZURE_RETRY", {"retry_total": 0})
     monkeypatch.setenv("AZURE_STORAGE_BLOB_ENDPOINT", "http://127.0.0.1:9/devstoreaccount1")
     monkeypatch.setenv("AZURE_STORAGE_ACCESS_KEY", AZURE_KEY)
     fails(BLOB_URL, workdir, r"cannot reach http://127\.0\.0\.1:9/devstoreaccount1")
@@ -273,7 +273,7 @@ def test_azure_production_url_over_tls_as_kaniko_users_run_it(azurite_tls, app_t
 
 
 def test_azure_url_detection():
-    from snapfs.context_fetch import is_azure_blob_url
+    from snapfs.context.fetch import is_azure_blob_url
 
     for host in ("acct.blob.core.windows.net", "acct.blob.core.chinacloudapi.cn", "acct.blob.core.cloudapi.de",
                  "acct.blob.core.usgovcloudapi.net"):
@@ -320,6 +320,6 @@ def test_gcs_broken_credentials_file_is_an_error_not_anonymous(tmp_path, workdir
 
 
 def test_gcs_unreachable_endpoint_gives_up_with_one_line(workdir, monkeypatch):
-    monkeypatch.setattr("snapfs.context_fetch.GCS_RETRY_SECONDS", 1.0)
+    monkeypatch.setattr("snapfs.context.fetch.GCS_RETRY_SECONDS", 1.0)
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
     fails("gs://b/ctx.tgz", workdir, r"^gs://b/ctx.tgz: GCS request failed: .*(refused|Max retries|Timeout)")

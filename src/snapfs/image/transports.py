@@ -1,0 +1,119 @@
+"""Where a built image goes, and where a base image comes from: the façade over remote, layout and tarball.
+
+``check_destinations`` is what the builder calls before its first step: push access to every ``--destination``
+(Kaniko's permission check), so a wrong password or an unreachable registry fails in seconds, not after the build.
+``write_outputs`` is what it calls at the end: the push to every ``--destination`` first (unless ``--no-push``),
+then the local outputs (``--tar-path``, ``--oci-layout-path``) and the digest files, so a failed push leaves
+nothing behind that looks like a finished build. ``load_image`` opens a base image from a registry reference,
+``oci:DIR[:REF]`` or ``docker-archive:FILE[:TAG]``, so a build can run with no registry.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
+
+from snapfs.errors import InputError
+from snapfs.image.registry.client import RegistryClient, RegistryOptions
+from snapfs.image.registry.pull import pull_image
+from snapfs.image.registry.push import check_push_access, push_image
+from .blobstore import BlobStore
+from .layout import atomic_write, read_layout, split_layout_spec, write_layout
+from .model import Image, Platform
+from .reference import Reference, parse_reference
+from .tarball import read_tarball, write_tarball
+
+log = logging.getLogger("snapfs.outputs")
+
+LOCAL_PREFIXES = ("oci:", "oci-layout://", "docker-archive:", "tarball:")
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Kaniko's output flags."""
+
+    destinations: tuple[Reference, ...] = ()
+    no_push: bool = False
+    tar_path: str | None = None
+    oci_layout_path: str | None = None
+    digest_file: str | None = None
+    image_name_with_digest_file: str | None = None
+    image_name_tag_with_digest_file: str | None = None
+    check_push_access: bool = True  # False: --skip-push-permission-check
+
+    @property
+    def pushes(self) -> bool:
+        return bool(self.destinations) and not self.no_push
+
+
+def write_digest_files(digest: str, destinations: Sequence[Reference], *, digest_file: str | None = None,
+                       image_name_with_digest_file: str | None = None,
+                       image_name_tag_with_digest_file: str | None = None) -> None:
+    """Kaniko's digest files: the bare digest; ``name@digest`` lines; ``name:tag@digest`` lines."""
+    if digest_file:
+        atomic_write(os.path.abspath(digest_file), digest.encode())
+    if image_name_with_digest_file:
+        lines = "".join(f"{d.name}@{digest}\n" for d in destinations)
+        atomic_write(os.path.abspath(image_name_with_digest_file), lines.encode())
+    if image_name_tag_with_digest_file:
+        lines = "".join(f"{d.name}:{d.tag or 'latest'}@{digest}\n" for d in destinations)
+        atomic_write(os.path.abspath(image_name_tag_with_digest_file), lines.encode())
+
+
+def write_outputs(image: Image, options: OutputOptions, *, client: RegistryClient | None = None,
+                  mount_from: Sequence[Reference] = ()) -> str:
+    """Write ``image`` everywhere ``options`` says; returns its manifest digest.
+
+    The push comes first: when it fails, no layout, tarball or digest file is written."""
+    if options.pushes:
+        if client is None:
+            raise InputError("write_outputs: pushing needs a registry client")
+        push_image(client, image, options.destinations, mount_from=mount_from)
+    if options.tar_path:
+        write_tarball(options.tar_path, image, tags=options.destinations)
+        log.info("wrote docker archive %s", options.tar_path)
+    if options.oci_layout_path:
+        name = options.destinations[0].tag if options.destinations else None
+        write_layout(options.oci_layout_path, image, ref_name=name)
+        log.info("wrote OCI layout %s", options.oci_layout_path)
+    write_digest_files(image.digest, options.destinations, digest_file=options.digest_file,
+                       image_name_with_digest_file=options.image_name_with_digest_file,
+                       image_name_tag_with_digest_file=options.image_name_tag_with_digest_file)
+    return image.digest
+
+
+def check_destinations(options: OutputOptions, registry: RegistryOptions, *,
+                       credentials: Callable | None = None) -> None:
+    """Before the first step: fail now if any destination refuses a push (skipped with --no-push or
+    --skip-push-permission-check). At most one retry per request: the point is to fail fast."""
+    if not options.pushes or not options.check_push_access:
+        return
+    quick = replace(registry, request_retries=min(registry.request_retries, 1))
+    with RegistryClient(quick, credentials=credentials) as client:
+        for dest in options.destinations:
+            check_push_access(client, dest)
+
+
+def is_local_spec(spec: str) -> bool:
+    return spec.startswith(LOCAL_PREFIXES)
+
+
+def load_image(spec: str, *, store: BlobStore, client: RegistryClient | None = None,
+               platform: Platform | None = None) -> tuple[Image, Reference | None]:
+    """A base image from ``spec``: a registry reference, ``oci:DIR[:REF]`` or ``docker-archive:FILE[:TAG]``.
+
+    Returns the image and, for registry images, the resolved reference (used for cross-repository mounts).
+    Registry layers and tarball layers land in ``store``; layout layers stay in the layout.
+    """
+    if spec.startswith(("oci:", "oci-layout://")):
+        path, ref = split_layout_spec(spec.split(":", 1)[1].removeprefix("//"))
+        return read_layout(path, ref_name=ref, platform=platform), None
+    if spec.startswith(("docker-archive:", "tarball:")):
+        rest = spec.split(":", 1)[1]
+        path, tag = (rest, None) if os.path.isfile(rest) or ":" not in rest else rest.split(":", 1)
+        return read_tarball(path, store, tag=tag), None
+    ref = parse_reference(spec)
+    if client is None:
+        raise InputError(f"{spec}: pulling needs a registry client")
+    return pull_image(client, ref, store, platform=platform), ref
