@@ -24,8 +24,8 @@ from registry_servers import RegistryProcess, skopeo  # noqa: E402
 
 from snapfs import build  # noqa: E402
 from snapfs.builder.pipeline import BuildOptions  # noqa: E402
-from snapfs.image.transports import OutputOptions  # noqa: E402
 from snapfs.image.registry.client import RegistryOptions  # noqa: E402
+from snapfs.image.transports import OutputOptions  # noqa: E402
 
 FILES = max(1000, int(20_000 * SCALE))
 

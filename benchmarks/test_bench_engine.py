@@ -18,15 +18,7 @@ import tracemalloc
 import pytest
 from conftest import best_of, report, scandir_walk
 
-from snapfs.engine import backend
-
-from snapfs.engine import changes
-
-from snapfs.engine import compress
-
-from snapfs.engine import layer
-
-from snapfs.engine import snapshot
+from snapfs.engine import backend, changes, compress, layer, snapshot
 from snapfs.engine.apply import apply_layer
 
 

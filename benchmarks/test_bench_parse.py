@@ -7,8 +7,8 @@ import os
 import dockerfile as buildkit
 from conftest import best_of
 
-from snapfs.frontend.syntax import parse
 from snapfs.frontend.instructions import parse_instructions
+from snapfs.frontend.syntax import parse
 
 SCALE = float(os.environ.get("SNAPFS_BENCH_SCALE", "1.0"))
 INSTRUCTIONS = max(100, int(10_000 * SCALE))

@@ -21,9 +21,9 @@ from registry_servers import RegistryProcess, need, skopeo  # noqa: E402
 from snapfs import apply_layers  # noqa: E402
 from snapfs.builder.pipeline import BuildOptions, build  # noqa: E402
 from snapfs.image.layout import read_layout  # noqa: E402
-from snapfs.image.transports import OutputOptions  # noqa: E402
 from snapfs.image.reference import parse_reference  # noqa: E402
 from snapfs.image.registry.client import RegistryOptions  # noqa: E402
+from snapfs.image.transports import OutputOptions  # noqa: E402
 
 @pytest.fixture(scope="session")
 def basedir(tmp_path_factory):

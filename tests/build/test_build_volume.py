@@ -20,10 +20,10 @@ from registry_servers import need
 from parity import compare_trees, tree
 
 from snapfs import apply_layers
-from snapfs.errors import BuildError
-from snapfs.image.model import with_config
 from snapfs.builder.imageconfig import DEFAULT_PATH
+from snapfs.errors import BuildError
 from snapfs.image.layout import read_layout, write_layout
+from snapfs.image.model import with_config
 
 
 def info(built, p: str) -> tuple[str, int, int, int]:

@@ -21,8 +21,8 @@ from rootfs_kit import busybox_available, copy_root, make_busybox_root, write
 from snapfs.builder import incontainer as ic
 from snapfs.engine import snapshot
 from snapfs.errors import BuildError, NotSupportedError, UsageError
-from snapfs.run.sandbox import DEFAULT_PATH, Mount, RunSpec
 from snapfs.run import direct
+from snapfs.run.sandbox import DEFAULT_PATH, Mount, RunSpec
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 NEEDS_BUSYBOX = pytest.mark.skipif(not busybox_available(), reason="needs root and /bin/busybox")

@@ -7,9 +7,9 @@ import os
 import pytest
 
 from context_servers import GIT_PASSWORD, GIT_TOKEN, GIT_USER
-from snapfs.context.resolve import fetch_context, locate_dockerfile
 from snapfs.context.extract import ContextError
 from snapfs.context.git import GitOptions, parse_git_options, parse_git_spec
+from snapfs.context.resolve import fetch_context, locate_dockerfile
 from snapfs.errors import UsageError
 
 

@@ -8,8 +8,8 @@ import tarfile
 import pytest
 
 from context_kit import Entry, hostile_tar, tree_listing
-from snapfs.context.resolve import fetch_context
 from snapfs.context.extract import ContextError, extract_context
+from snapfs.context.resolve import fetch_context
 from snapfs.limits import MAX_DEPTH, MAX_HEADER_BYTES, MAX_LAYER_BYTES
 from tarkit import SIZE_FIELD, SPARSE_FORMATS, deep_name, disk_usage, patch_header, plain_tar, sparse_tar
 

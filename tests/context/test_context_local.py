@@ -7,9 +7,9 @@ import os
 import pytest
 
 from context_kit import check_app, compress, make_app, tar_cli, tar_of
-from snapfs.context.resolve import Context, fetch_context, locate_dockerfile, mask_spec
 from snapfs.context.extract import ContextError
 from snapfs.context.fetch import Progress, scrub
+from snapfs.context.resolve import Context, fetch_context, locate_dockerfile, mask_spec
 from snapfs.errors import InputError, UsageError
 
 

@@ -14,8 +14,8 @@ import pytest
 
 from context_kit import check_app, compress, make_app, tar_cli, tar_of
 from context_servers import AZURE_ACCOUNT, AZURE_KEY, AZURE_PROD_HOST
-from snapfs.context.resolve import fetch_context, locate_dockerfile
 from snapfs.context.extract import ContextError
+from snapfs.context.resolve import fetch_context, locate_dockerfile
 
 WRONG_AZURE_KEY = "V3JvbmdLZXlXcm9uZ0tleVdyb25nS2V5V3JvbmdLZXlXcm9uZ0tleQ=="  # base64, not the account's
 

@@ -15,8 +15,8 @@ import pytest
 
 from snapfs.engine.apply import ApplyStats, apply_layer, apply_layers
 from snapfs.engine.compress import compressing_writer
-from snapfs.errors import InputError
 from snapfs.engine.rootfs import RootFS
+from snapfs.errors import InputError
 
 T0 = 1_600_000_000
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, mknod, security.* xattrs)")

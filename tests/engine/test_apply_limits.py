@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from deepkit import make_chain
+from snapfs.builder.stageroot import unpack
 from snapfs.engine.apply import apply_layer
+from snapfs.engine.rootfs import remove_tree
 from snapfs.errors import LayerError
 from snapfs.image.model import Layer
 from snapfs.limits import MAX_DEPTH, MAX_HEADER_BYTES, MAX_LAYER_BYTES
-from snapfs.engine.rootfs import remove_tree
-from snapfs.builder.stageroot import unpack
 from tarkit import SIZE_FIELD, SPARSE_FORMATS, deep_name, disk_usage, patch_header, plain_tar, sparse_tar
 
 GIB = 1 << 30

@@ -10,10 +10,7 @@ import tarfile
 import pytest
 
 from deepkit import make_chain, remove_chain
-from snapfs.engine import backend
-from snapfs.engine import changes
-from snapfs.engine import layer
-from snapfs.engine import snapshot
+from snapfs.engine import backend, changes, layer, snapshot
 from snapfs.errors import InputError
 from snapfs.limits import MAX_DEPTH
 

@@ -8,9 +8,7 @@ import time
 
 import pytest
 
-from snapfs.engine import changes as diff
-
-from snapfs.engine import snapshot
+from snapfs.engine import changes as diff, snapshot
 from snapfs.errors import UsageError
 from treekit import T0, Dir, File, Symlink, build
 

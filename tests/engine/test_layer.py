@@ -13,13 +13,10 @@ import tarfile
 import pytest
 import zstandard
 
-from snapfs.engine import changes
-
-from snapfs.engine import layer
-
-from snapfs.engine import snapshot
+from snapfs.engine import changes, layer, snapshot
 from snapfs.engine.apply import apply_layer
 from snapfs.errors import InputError, UsageError
+from snapfs.mediatypes import layer_media_type
 from treekit import T0, Dir, File, Symlink, build, state
 
 CAP = bytes.fromhex("0100000200200000000000000000000000000000")
@@ -75,7 +72,7 @@ def test_descriptor_values_match_the_bytes(tmp_path):
         with opener(blob.path) as f:
             raw = f.read() if comp != "none" else data
         assert blob.diff_id == "sha256:" + hashlib.sha256(raw).hexdigest()
-        assert blob.media_type == layer.MEDIA_TYPES[comp]
+        assert blob.media_type == layer_media_type(comp)
         assert raw.endswith(b"\0" * 1024) and len(raw) % 512 == 0
 
 

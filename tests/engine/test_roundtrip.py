@@ -11,18 +11,9 @@ import shutil
 import subprocess
 import tempfile
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from snapfs.engine import apply
-
-from snapfs.engine import backend
-
-from snapfs.engine import changes
-
-from snapfs.engine import layer
-
-from snapfs.engine import snapshot
+from snapfs.engine import apply, backend, changes, layer, snapshot
 from treekit import T0, Dev, Dir, Fifo, File, Symlink, build, state
 
 CAP = bytes.fromhex("0100000200200000000000000000000000000000")

@@ -4,8 +4,7 @@ from __future__ import annotations
 import subprocess
 import tarfile
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from snapfs.engine.tarheader import header, slow_header
 

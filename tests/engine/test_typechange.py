@@ -12,18 +12,9 @@ import shutil
 import subprocess
 import tempfile
 
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from snapfs.engine import apply
-
-from snapfs.engine import backend
-
-from snapfs.engine import changes
-
-from snapfs.engine import layer
-
-from snapfs.engine import snapshot
+from snapfs.engine import apply, backend, changes, layer, snapshot
 from treekit import Dir, File, Symlink, build, state
 
 SECRET = b"HOST-SECRET-typechange"

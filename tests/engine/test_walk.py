@@ -8,11 +8,7 @@ import time
 
 import pytest
 
-from snapfs.engine import backend
-
-from snapfs.engine import rows
-
-from snapfs.engine import snapshot
+from snapfs.engine import backend, rows, snapshot
 from snapfs.errors import InputError
 from treekit import T0, Dev, Dir, Fifo, File, Hardlink, Symlink, build
 
@@ -21,7 +17,7 @@ CAP = bytes.fromhex("0100000200200000000000000000000000000000")  # cap_net_bind_
 
 def entries(kernel, root, **kw):
     recs, names, extras, _, _ = kernel.walk(root, **kw)
-    return {e.path: e for e in (rows.decode(recs, names, extras, i) for i in range(len(recs) // rows.RECORD.size))}
+    return {e.path: e for e in (rows.decode(recs, names, extras, i) for i in range(rows.row_count(recs)))}
 
 
 @pytest.fixture
@@ -181,3 +177,16 @@ def test_snapshot_hashes_racy_files_and_quiescent_waits(tmp_path):
         os.utime(tmp_path / f"many{i}", ns=(future, future))
     quiet = snapshot.take(str(tmp_path), quiescent=True)
     assert quiet.hashes == {} and quiet.racy_ns == 0
+
+
+def test_row_layout_has_one_owner(tmp_path):
+    """rows builds, reads and counts records; nobody else indexes into them."""
+    st = os.lstat(tmp_path)
+    rec = rows.place_row(rows.stat_row(st), name_off=5, name_len=3, extra_off=7, extra_len=0)
+    r = rows.row_at(rec, 0)
+    assert (r.size, r.mode, r.ino, r.nlink) == (st.st_size, st.st_mode, st.st_ino, st.st_nlink)
+    assert (r.name_off, r.name_len, r.extra_off, r.extra_len) == (5, 3, 0, 0)  # an empty extra has offset 0
+    assert rows.row_name(rec, b"....." + b"abc", 0) == b"abc"
+    assert rows.row_count(rec * 3) == 3 and list(rows.iter_rows(rec * 2)) == [r, r]
+    with pytest.raises(ValueError, match="not a whole number of rows"):
+        rows.row_count(rec[:-1])

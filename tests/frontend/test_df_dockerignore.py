@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from snapfs.frontend.dockerignore import DockerIgnore, load_dockerignore, parse_dockerignore
 from snapfs.errors import DockerfileError
+from snapfs.frontend.dockerignore import DockerIgnore, load_dockerignore, parse_dockerignore
 
 MATCH_CASES = [
     # (patterns, path, excluded)

@@ -8,11 +8,10 @@ import time
 
 import dockerfile as buildkit
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
-from snapfs.frontend.dockerignore import parse_dockerignore
 from snapfs.errors import DockerfileError
+from snapfs.frontend.dockerignore import parse_dockerignore
 from snapfs.frontend.plan import expand_plan, plan_build
 
 from df_corpus import BASE

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from snapfs.cli.dockerfile import plan_to_json
-from snapfs.frontend.syntax import parse
 from snapfs.errors import DockerfileError
 from snapfs.frontend.plan import plan_build
+from snapfs.frontend.syntax import parse
 
 GOLDEN = Path(__file__).parent / "golden"
 CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "Dockerfile").is_file())

@@ -11,9 +11,9 @@ import pytest
 from imagekit import busybox_rootfs, dir_layer, image_of
 from registry_servers import (FAST, TLS_PASSWORD, TLS_USER, TOKEN_PASSWORD, TOKEN_USER, FaultProxy,
                               RegistryProcess, TokenIssuer, make_ca_and_cert, make_client_cert, need, skopeo)
-from snapfs.image.registry.credentials import ANONYMOUS, Credential
 from snapfs.image.layout import write_layout
 from snapfs.image.registry.client import RegistryClient, RegistryOptions
+from snapfs.image.registry.credentials import ANONYMOUS, Credential
 
 
 @pytest.fixture(scope="session")

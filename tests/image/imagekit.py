@@ -9,7 +9,8 @@ import tarfile
 import tempfile
 
 from snapfs.engine.compress import DigestWriter, compressing_writer
-from snapfs.image.model import (Image, Layer, Platform, append_layers, empty_image, layer_media_type, with_config)
+from snapfs.image.model import Image, Layer, Platform, append_layers, empty_image, with_config
+from snapfs.mediatypes import layer_media_type
 
 
 def _reset(info: tarfile.TarInfo) -> tarfile.TarInfo:

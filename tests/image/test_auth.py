@@ -11,11 +11,11 @@ import pytest
 from imagekit import files_layer, image_of, random_layer
 from registry_servers import (FAST, TLS_PASSWORD, TLS_USER, TOKEN_PASSWORD, TOKEN_USER, Fault, FaultProxy,
                               skopeo)
-from snapfs.image.blobstore import BlobStore
-from snapfs.image.registry.credentials import Credential, CredentialSource, DockerConfig
 from snapfs.errors import RegistryError
+from snapfs.image.blobstore import BlobStore
 from snapfs.image.reference import parse_reference
 from snapfs.image.registry.client import RegistryClient, RegistryOptions
+from snapfs.image.registry.credentials import Credential, CredentialSource, DockerConfig
 from snapfs.image.registry.pull import pull_image
 from snapfs.image.registry.push import push_image
 

@@ -14,11 +14,11 @@ import pytest
 
 from registry_servers import FAST, TLS_USER, Fault, free_port
 from snapfs.builder.pipeline import BuildOptions, build
-from snapfs.image.registry.credentials import ANONYMOUS
 from snapfs.errors import RegistryError
-from snapfs.image.transports import OutputOptions, check_destinations
 from snapfs.image.reference import parse_reference
 from snapfs.image.registry.client import RegistryOptions
+from snapfs.image.registry.credentials import ANONYMOUS
+from snapfs.image.transports import OutputOptions, check_destinations
 
 # The step's output (on stdout), not its command line: "42marker" is printed only if the RUN step really ran.
 DOCKERFILE = "FROM oci:{layout}:busybox\nRUN echo $((6*7))marker\n"

@@ -9,8 +9,8 @@ import pytest
 
 from imagekit import files_layer, image_of, random_layer
 from registry_servers import Fault
-from snapfs.image.blobstore import BlobStore
 from snapfs.errors import RegistryError
+from snapfs.image.blobstore import BlobStore
 from snapfs.image.layout import validate_image
 from snapfs.image.reference import parse_reference
 from snapfs.image.registry.pull import pull_image

@@ -7,10 +7,10 @@ import pytest
 
 from imagekit import files_layer, image_of
 from snapfs.errors import InputError
-from snapfs.image.model import (DOCKER_LAYER_GZIP, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_LAYER_GZIP,
-                                OCI_LAYER_ZSTD, OCI_MANIFEST, Descriptor, Index, Manifest, Platform, append_layers,
-                                canonical_json, convert, empty_image, host_platform, image_from_manifest,
-                                parse_platform, with_config)
+from snapfs.image.model import (Descriptor, Index, Manifest, Platform, append_layers, canonical_json, convert,
+                                empty_image, host_platform, image_from_manifest, parse_platform, with_config)
+from snapfs.mediatypes import (DOCKER_LAYER_GZIP, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_LAYER_GZIP,
+                               OCI_LAYER_ZSTD, OCI_MANIFEST)
 
 D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
 

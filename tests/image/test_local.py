@@ -11,13 +11,14 @@ import pytest
 
 from imagekit import files_layer, image_of
 from registry_servers import skopeo
-from snapfs.image.blobstore import BlobMismatch, BlobStore
 from snapfs.errors import InputError
-from snapfs.image.model import OCI_LAYER_ZSTD, Platform, sha256_digest
+from snapfs.image.blobstore import BlobMismatch, BlobStore
 from snapfs.image.layout import index_json, read_layout, validate_image, write_layout
-from snapfs.image.transports import OutputOptions, load_image, write_outputs
+from snapfs.image.model import Platform, sha256_digest
 from snapfs.image.reference import parse_reference
 from snapfs.image.tarball import read_tarball, write_tarball
+from snapfs.image.transports import OutputOptions, load_image, write_outputs
+from snapfs.mediatypes import OCI_LAYER_ZSTD
 
 
 def test_blob_store_verifies_before_publishing(tmp_path):
@@ -173,3 +174,19 @@ def test_write_outputs_and_digest_files(tmp_path, busybox):
     assert read_layout(str(tmp_path / "oci"), ref_name="v1").digest == digest
     img, _ = load_image(f"oci:{tmp_path / 'oci'}:v1", store=BlobStore(str(tmp_path / "s")))
     assert img.digest == digest
+
+
+@pytest.mark.parametrize("spec, kind, rest", [
+    ("oci:out/layout:v1", "oci", "out/layout:v1"),
+    ("oci-layout://out/layout", "oci", "out/layout"),
+    ("docker-archive:img.tar:app:v1", "docker-archive", "img.tar:app:v1"),
+    ("tarball:img.tar", "docker-archive", "img.tar"),
+    ("docker.io/library/busybox:1.36", None, "docker.io/library/busybox:1.36"),
+    ("localhost:5000/oci:v1", None, "localhost:5000/oci:v1"),
+])
+def test_one_table_of_local_transports(spec, kind, rest):
+    """Base images, COPY --from and `snapfs push` read local sources through one parser of transport prefixes."""
+    from snapfs.image.transports import is_local_spec, split_transport
+
+    assert split_transport(spec) == (kind, rest)
+    assert is_local_spec(spec) is (kind is not None)

@@ -9,13 +9,14 @@ import pytest
 
 from imagekit import files_layer, image_of, random_layer
 from registry_servers import skopeo
-from snapfs.image.blobstore import BlobStore
 from snapfs.errors import InputError, RegistryError
-from snapfs.image.model import (DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, Descriptor, Index, Platform, convert)
+from snapfs.image.blobstore import BlobStore
 from snapfs.image.layout import read_layout, validate_image
+from snapfs.image.model import Descriptor, Index, Platform, convert
 from snapfs.image.reference import parse_reference
 from snapfs.image.registry.pull import pull_image
 from snapfs.image.registry.push import push_image
+from snapfs.mediatypes import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX
 
 AMD64, ARM64 = Platform("linux", "amd64"), Platform("linux", "arm64", "v8")
 

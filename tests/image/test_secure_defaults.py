@@ -14,14 +14,14 @@ import subprocess
 import pytest
 
 from registry_servers import TLS_PASSWORD, TLS_USER, RegistryProcess, TcpCounter, need
-from snapfs.image.blobstore import BlobStore
-from snapfs.cli.main import main, make_parser
 from snapfs.cli.build import normalize_booleans, options_from_args
-from snapfs.image.registry.credentials import ANONYMOUS, Credential
+from snapfs.cli.main import main, make_parser
 from snapfs.errors import RegistryError
+from snapfs.image.blobstore import BlobStore
 from snapfs.image.layout import read_layout
 from snapfs.image.reference import parse_reference
 from snapfs.image.registry.client import RegistryClient, RegistryConnectionError, RegistryOptions, RegistryTLSError
+from snapfs.image.registry.credentials import ANONYMOUS, Credential
 from snapfs.image.registry.pull import pull_image
 from snapfs.image.registry.push import push_image
 

@@ -16,8 +16,8 @@ import pytest
 
 from rootfs_kit import busybox_available, copy_root, listing, make_busybox_root, mountinfo, write
 from snapfs.errors import BuildError, InputError, UsageError
-from snapfs.run.sandbox import DEFAULT_PATH, Mount, RunResult, RunSpec, isolation_available, run
 from snapfs.run.confine import MASKED, READ_ONLY
+from snapfs.run.sandbox import DEFAULT_PATH, Mount, RunResult, RunSpec, isolation_available, run
 
 pytestmark = pytest.mark.skipif(not (busybox_available() and isolation_available()),
                                 reason="needs root, /bin/busybox and namespaces")

@@ -16,8 +16,8 @@ import threading
 import pytest
 
 from rootfs_kit import busybox_available, copy_root, make_busybox_root
-from snapfs.run.sandbox import RunResult, RunSpec, isolation_available, run
 from snapfs.run.confine import MASKED, READ_ONLY
+from snapfs.run.sandbox import RunResult, RunSpec, isolation_available, run
 
 pytestmark = pytest.mark.skipif(not (busybox_available() and isolation_available()),
                                 reason="needs root, /bin/busybox and namespaces")

@@ -5,8 +5,8 @@ import os
 
 import pytest
 
-from snapfs.errors import BuildError, InputError
 from snapfs.engine.rootfs import RootFS
+from snapfs.errors import BuildError, InputError
 from snapfs.run.users import MAX_DB_SIZE, User, resolve_chown, resolve_owner, resolve_user
 
 PASSWD = """\

@@ -12,26 +12,19 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
-from . import stage as executor
-
-from . import imageconfig
-
-from . import incontainer
-
 from snapfs.engine import lifecycle
-
 from snapfs.engine.layer import source_date_epoch
 from snapfs.errors import BuildError, InputError, SnapfsError, UsageError
 from snapfs.frontend.dockerignore import load_dockerignore
 from snapfs.frontend.plan import Plan, expand_instruction, onbuild_instructions, plan_build, stage_scope
 from snapfs.image.blobstore import BlobStore
-from snapfs.image.model import (DOCKER_MANIFEST, OCI_MANIFEST, Image, Layer, canonical_json, convert, empty_image,
-                                parse_platform)
+from snapfs.image.model import Image, Layer, canonical_json, convert, empty_image, parse_platform
 from snapfs.image.reference import Reference
 from snapfs.image.registry.client import RegistryClient, RegistryOptions
-from snapfs.image.transports import OutputOptions, check_destinations, load_image, write_outputs
+from snapfs.image.transports import OutputOptions, check_destinations, is_local_spec, load_image, write_outputs
+from snapfs.mediatypes import DOCKER_MANIFEST, OCI_MANIFEST
 from snapfs.redact import redact_url
-from . import stageroot
+from . import stage as executor, imageconfig, incontainer, stageroot
 from .copier import Source
 from .stage import StageOptions, StageState, StepTiming
 
@@ -272,7 +265,7 @@ class _Builder:
             return empty_image(parse_platform(stage.platform or str(self.plan.target_platform)),
                                oci=self.o.image_format == "oci"), None
         platform = parse_platform(stage.platform) if stage.platform else parse_platform(str(self.plan.target_platform))
-        return load_image(stage.base, store=self.store, client=None if _local(stage.base) else self.client(),
+        return load_image(stage.base, store=self.store, client=None if is_local_spec(stage.base) else self.client(),
                           platform=platform)
 
     def _build_stage(self, index: int) -> _Stage:
@@ -373,10 +366,6 @@ class _NoClient:
 
     def __exit__(self, *exc):
         return None
-
-
-def _local(spec: str) -> bool:
-    return spec.startswith(("oci:", "oci-layout://", "docker-archive:", "tarball:"))
 
 
 def _describe(instruction) -> str:

@@ -11,8 +11,6 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from . import imageconfig
-
 from snapfs.engine.changes import diff
 from snapfs.engine.layer import write_layer
 from snapfs.engine.rootfs import RootFS, lstat_at, open_dir_at
@@ -21,6 +19,8 @@ from snapfs.errors import BuildError, NotSupportedError, SnapfsError
 from snapfs.frontend import instructions as ins
 from snapfs.frontend.values import parse_chmod
 from snapfs.image.model import Image, Layer
+from snapfs.mediatypes import layer_media_type
+from . import imageconfig
 from .copier import Source, check_several, copy, dest_is_dir, write_inline
 
 log = logging.getLogger("snapfs.build")
@@ -118,9 +118,7 @@ def _snapshot_layer(state: StageState, opts: StageOptions, *, index: int, create
     blob = write_layer(d, tmp, compression=opts.compression, level=opts.level, epoch=opts.epoch, durable=False)
     final = os.path.join(opts.layer_dir, blob.digest.split(":", 1)[1])
     os.replace(tmp, final)
-    media = blob.media_type
-    if opts.docker_media_types and opts.compression == "gzip":
-        media = "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    media = layer_media_type(opts.compression, oci=not opts.docker_media_types)
     state.layers.append(Layer(final, blob.digest, blob.diff_id, blob.size, media))
     for text in created_by[:-1]:
         state.config.history.append(imageconfig.history_entry(text, created=opts.created, empty_layer=True))
@@ -136,11 +134,11 @@ def upper_changes(upper: str) -> tuple[list[str], list[str]]:
     """Paths an overlay's upper directory says changed: everything in it (whiteouts are deletions), and the
     opaque directories, whose lower contents are hidden and must be read again in full."""
     from snapfs.engine import backend
-    from snapfs.engine.rows import decode
+    from snapfs.engine.rows import decode, row_count
 
     recs, names, extras, _, _ = backend.get().walk(upper, xattrs=False)
     paths, opaque = [], []
-    for i in range(len(recs) // 96):
+    for i in range(row_count(recs)):
         e = decode(recs, names, extras, i)
         paths.append(e.path)
         if e.is_dir:

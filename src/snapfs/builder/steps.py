@@ -15,14 +15,11 @@ import hashlib
 import os
 import posixpath
 
-from . import stage as executor
-
-from . import history
-
 from snapfs.engine.rootfs import RootFS
 from snapfs.errors import BuildError, NotSupportedError, UsageError
 from snapfs.frontend import instructions as ins
 from snapfs.frontend.values import parse_mount
+from . import stage as executor, history
 from .copier import Source
 from .stage import StageState, StepTiming
 
@@ -123,11 +120,10 @@ class StepRunner:
         """COPY --from=<image>: the image's flattened root from the cache (unpacked once, read only)."""
         if ref in self.b.images:
             return self.b.images[ref][1]
-        from snapfs.image.transports import load_image
+        from snapfs.image.transports import is_local_spec, load_image
         from .stageroot import cached_base
 
-        image, _ = load_image(ref, store=self.b.store, client=None if ref.startswith(("oci:", "docker-archive:"))
-                              else self.b.client())
+        image, _ = load_image(ref, store=self.b.store, client=None if is_local_spec(ref) else self.b.client())
         root = cached_base(image, self.b.cache_dir)
         self.b.images[ref] = (image, root)
         return root

@@ -20,7 +20,7 @@ from snapfs.image.reference import parse_reference, split_registry_spec
 from snapfs.image.registry.client import RegistryClient, RegistryOptions
 from snapfs.image.registry.pull import pull_image
 from snapfs.image.registry.push import push_image
-from snapfs.image.transports import load_image, write_digest_files
+from snapfs.image.transports import is_local_spec, load_image, write_digest_files
 
 _SIZE_SUFFIX = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
@@ -143,7 +143,7 @@ def _cmd_pull(args: argparse.Namespace) -> int:
 
 
 def _source_spec(src: str) -> str:
-    if src.startswith(("oci:", "docker-archive:", "tarball:")):
+    if is_local_spec(src):
         return src
     path = src if os.path.exists(src) or ":" not in src else src.rpartition(":")[0]
     if os.path.isfile(path):

@@ -32,8 +32,7 @@ from typing import BinaryIO
 from snapfs.engine.apply import header_mtime_ns
 from snapfs.engine.compress import open_decompressed
 from snapfs.engine.rootfs import lstat_at, remove_at
-from snapfs.engine.tarstream import Budget, HashingSource, check_end, members, open_tar, write_data
-from snapfs.engine.tarstream import Refused as _Refused
+from snapfs.engine.tarstream import Budget, HashingSource, check_end, members, open_tar, write_data, Refused as _Refused
 from snapfs.errors import InputError, LayerError
 from snapfs.limits import MAX_LAYER_BYTES, MAX_LAYER_ENTRIES
 

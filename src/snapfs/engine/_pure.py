@@ -11,7 +11,8 @@ import stat
 
 from snapfs.errors import InputError
 from snapfs.limits import MAX_DEPTH
-from .rows import (FLAG_MOUNTPOINT, RECORD, add_xattrs, encode_extra, fd_room, long_path_xattrs, path_key, too_deep)
+from .rows import (FLAG_MOUNTPOINT, add_xattrs, encode_extra, fd_room, iter_rows, long_path_xattrs, path_key, row_at,
+                   row_count, stat_row, too_deep)
 
 _KEEP_PREFIX = b"user."
 _KEEP_EXACT = b"security.capability"
@@ -90,9 +91,8 @@ def walk(root, *, one_fs=True, ignore=(), xattrs=True, max_depth=MAX_DEPTH):
                 raise fail(rel, "stat", exc) from None
             extra = encode_extra(os.readlink(name, dir_fd=dfd), []) if stat.S_ISLNK(s.st_mode) else b""
             flags = FLAG_MOUNTPOINT if stat.S_ISDIR(s.st_mode) and one_fs and s.st_dev != root_dev else 0
-            recs.extend(RECORD.pack(s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino, s.st_dev, s.st_rdev,
-                                    len(names), len(extras) if extra else 0, s.st_mode, s.st_uid, s.st_gid,
-                                    s.st_nlink, len(rel), len(extra), flags, 0))
+            recs.extend(stat_row(s, name_off=len(names), name_len=len(rel), extra_off=len(extras) if extra else 0,
+                                 extra_len=len(extra), flags=flags))
             names.extend(rel)
             extras.extend(extra)
             if stat.S_ISDIR(s.st_mode) and not flags:
@@ -117,8 +117,8 @@ def _xattr_range(broot: bytes, recs: bytes, names: bytes, lo: int, hi: int) -> l
     prefix = b"" if broot == b"/" else broot
     out, longs = [], []
     for i in range(lo, hi):
-        t = RECORD.unpack_from(recs, i * RECORD.size)
-        mode, noff, nlen = t[8], t[6], t[12]
+        r = row_at(recs, i)
+        mode, noff, nlen = r.mode, r.name_off, r.name_len
         if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             continue
         if len(prefix) + 1 + nlen + 1 >= _PATH_MAX:
@@ -144,10 +144,9 @@ R_TYPE, R_MODE, R_OWNER, R_SIZE, R_MTIME, R_CTIME, R_INODE, R_LINK, R_RDEV, R_NL
 def _rows(snap):
     recs, names, extras = snap
     out = []
-    for t in RECORD.iter_unpack(recs):
-        (size, mtime, ctime, ino, dev, rdev, noff, eoff, mode, uid, gid, nlink, nlen, elen, flags, _) = t
-        out.append((names[noff:noff + nlen], mode, uid, gid, size, mtime, ctime, ino, rdev, nlink,
-                    extras[eoff:eoff + elen]))
+    for r in iter_rows(recs):
+        out.append((names[r.name_off:r.name_off + r.name_len], r.mode, r.uid, r.gid, r.size, r.mtime_ns, r.ctime_ns,
+                    r.ino, r.rdev, r.nlink, extras[r.extra_off:r.extra_off + r.extra_len]))
     return out
 
 
@@ -229,17 +228,19 @@ def diff_rows(old, new, *, same_tree, racy_ns=0):
 
 def racy_rows(recs: bytes, threshold: int) -> list[int]:
     """See ``snapfs._fast.racy_rows``."""
-    return [i for i, t in enumerate(RECORD.iter_unpack(recs))
-            if stat.S_ISREG(t[8]) and (t[1] >= threshold or t[2] >= threshold)]
+    return [i for i, r in enumerate(iter_rows(recs))
+            if stat.S_ISREG(r.mode) and (r.mtime_ns >= threshold or r.ctime_ns >= threshold)]
 
 
 def check_rows(recs: bytes, names: bytes, extras: bytes) -> str:
     """See ``snapfs._fast.check_rows``."""
-    if len(recs) % RECORD.size:
+    try:
+        row_count(recs)
+    except ValueError:
         return "record size"
     prev = None
-    for i, t in enumerate(RECORD.iter_unpack(recs)):
-        noff, eoff, nlen, elen = t[6], t[7], t[12], t[13]
+    for i, r in enumerate(iter_rows(recs)):
+        noff, eoff, nlen, elen = r.name_off, r.extra_off, r.name_len, r.extra_len
         if nlen == 0 or noff + nlen > len(names):
             return f"name bounds at row {i}"
         if eoff + elen > len(extras):

@@ -17,18 +17,14 @@ from dataclasses import dataclass
 
 from snapfs.errors import InputError, LayerError
 from snapfs.limits import MAX_DEPTH
+from snapfs.mediatypes import layer_media_type
 from .changes import Diff
 from .compress import BlockWriter, DigestWriter, ThreadedDigest, check_compression, compressing_writer
 from .rootfs import TreeView
-from .rows import RECORD, Entry, path_key
-from .snapshot import Snapshot
+from .rows import Entry, path_key, row_at
+from .snapshot import PathIndex, Snapshot
 from .tarheader import header
 
-MEDIA_TYPES = {
-    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
-    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
-    "none": "application/vnd.oci.image.layer.v1.tar",
-}
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 _BLOCK = 512
@@ -105,7 +101,7 @@ def write_layer(d: Diff, out_path: str, *, compression: str = "gzip", level: int
         _unlink(tmp)
         raise
     digest = tar.digest if compression == "none" else blob.digest
-    return LayerBlob(out_path, digest, tar.digest, blob.size, MEDIA_TYPES[compression], compression,
+    return LayerBlob(out_path, digest, tar.digest, blob.size, layer_media_type(compression), compression,
                      len(items), n_wh, n_opq)
 
 
@@ -118,7 +114,7 @@ def plan_entries(d: Diff, *, opaque: bool = True) -> tuple[list[_Item], int, int
         # Never deeper than the applier accepts (a snapshot loaded from a file was not walked under the limit).
         if c.path.count("/") >= MAX_DEPTH:
             raise LayerError(f"{c.path[:100]}...: deeper than {MAX_DEPTH} levels (snapfs's depth limit)")
-    index = _PathIndex(new)
+    index = PathIndex(new)
     opaque_dirs = _choose_opaque(d, index) if opaque else set()
     items: dict[str, _Item] = {}
     n_wh = 0
@@ -160,7 +156,7 @@ def plan_entries(d: Diff, *, opaque: bool = True) -> tuple[list[_Item], int, int
     return ordered, n_wh, len(opaque_dirs)
 
 
-def _choose_opaque(d: Diff, index: _PathIndex) -> set[str]:
+def _choose_opaque(d: Diff, index: PathIndex) -> set[str]:
     """Directories to write whole behind an opaque marker: those where that is smaller than the alternative."""
     deleted_under: dict[str, int] = {}
     for c in d.changes:
@@ -197,37 +193,8 @@ def _cost_row(snap: Snapshot, j: int) -> int:
 
 
 def _size_mode(snap: Snapshot, j: int) -> tuple[int, int]:
-    t = RECORD.unpack_from(snap.records, j * RECORD.size)
-    return t[0], t[8]
-
-
-class _PathIndex:
-    """Lookups by path in a snapshot's component-ordered rows (binary search, no per-row objects)."""
-
-    def __init__(self, snap: Snapshot) -> None:
-        self.snap, self.n = snap, len(snap)
-
-    def _key(self, j: int) -> bytes:
-        t = RECORD.unpack_from(self.snap.records, j * RECORD.size)
-        return path_key(self.snap.names[t[6]:t[6] + t[12]])
-
-    def find(self, path: str) -> int | None:
-        key, lo, hi = path_key(os.fsencode(path)), 0, self.n
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if self._key(mid) < key:
-                lo = mid + 1
-            else:
-                hi = mid
-        return lo if lo < self.n and self._key(lo) == key else None
-
-    def subtree(self, i: int) -> range:
-        """Rows below directory row ``i``: contiguous in component order."""
-        prefix = self._key(i) + b"\x00"
-        j = i + 1
-        while j < self.n and self._key(j).startswith(prefix):
-            j += 1
-        return range(i + 1, j)
+    r = row_at(snap.records, j)
+    return r.size, r.mode
 
 
 # ---- writing --------------------------------------------------------------------------------------------

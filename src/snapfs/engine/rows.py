@@ -11,12 +11,15 @@ import os
 import stat
 import struct
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 from snapfs.errors import InputError
 
+# One row per entry; this module owns the layout (the compiled kernel keeps a C copy that must match).
 RECORD = struct.Struct("<QqqQQQQQIIIIIIII")
 assert RECORD.size == 96
+_NAMES_AT = struct.Struct("<QQ")  # name_off, extra_off: bytes 48..63
+_LENGTHS_AT = struct.Struct("<II")  # name_len, extra_len: bytes 80..87
 
 FLAG_MOUNTPOINT = 1
 
@@ -28,6 +31,68 @@ REASONS = {
 R_TYPE, R_INODE, R_HASH = 1, 64, 1024
 
 ADDED, DELETED, MODIFIED = 0, 1, 2
+
+
+class Row(NamedTuple):
+    """One record's fields in ``RECORD`` order; the offsets and lengths point into the names and extras."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+    dev: int
+    rdev: int
+    name_off: int
+    extra_off: int
+    mode: int
+    uid: int
+    gid: int
+    nlink: int
+    name_len: int
+    extra_len: int
+    flags: int
+    reserved: int
+
+
+def row_count(records: bytes) -> int:
+    """How many rows ``records`` holds; a length that is not a whole number of rows is an error."""
+    n, rest = divmod(len(records), RECORD.size)
+    if rest:
+        raise ValueError(f"{len(records)} bytes of records is not a whole number of rows")
+    return n
+
+
+def row_at(records: bytes, i: int) -> Row:
+    return Row._make(RECORD.unpack_from(records, i * RECORD.size))
+
+
+def iter_rows(records: bytes) -> Iterator[Row]:
+    return map(Row._make, RECORD.iter_unpack(records))
+
+
+def row_bytes(records: bytes, lo: int, hi: int | None = None) -> bytes:
+    """The raw records of rows ``lo`` up to ``hi`` (default: row ``lo`` alone)."""
+    return records[lo * RECORD.size:(lo + 1 if hi is None else hi) * RECORD.size]
+
+
+def row_name(records: bytes, names: bytes, i: int) -> bytes:
+    r = row_at(records, i)
+    return names[r.name_off:r.name_off + r.name_len]
+
+
+def stat_row(st: os.stat_result, *, name_off: int = 0, name_len: int = 0, extra_off: int = 0, extra_len: int = 0,
+             flags: int = 0) -> bytes:
+    """The record of an entry with ``lstat`` result ``st``."""
+    return RECORD.pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, st.st_rdev, name_off,
+                       extra_off, st.st_mode, st.st_uid, st.st_gid, st.st_nlink, name_len, extra_len, flags, 0)
+
+
+def place_row(rec: bytes, *, name_off: int, name_len: int, extra_off: int, extra_len: int) -> bytes:
+    """``rec`` pointing at a name and an extra (an empty extra has offset 0, as the walkers write it)."""
+    out = bytearray(rec)
+    _NAMES_AT.pack_into(out, 48, name_off, extra_off if extra_len else 0)
+    _LENGTHS_AT.pack_into(out, 80, name_len, extra_len)
+    return bytes(out)
 
 
 class Entry(NamedTuple):
@@ -88,11 +153,11 @@ def decode_extra(blob: bytes, is_link: bool) -> tuple[str | None, tuple[tuple[st
 
 
 def decode(records: bytes, names: bytes, extras: bytes, i: int) -> Entry:
-    (size, mtime_ns, ctime_ns, ino, dev, rdev, name_off, extra_off, mode, uid, gid, nlink, name_len,
-     extra_len, flags, _) = RECORD.unpack_from(records, i * RECORD.size)
-    path = names[name_off:name_off + name_len].decode("utf-8", "surrogateescape")
-    link, xattrs = decode_extra(extras[extra_off:extra_off + extra_len], stat.S_ISLNK(mode))
-    return Entry(path, mode, uid, gid, size, mtime_ns, ctime_ns, ino, dev, rdev, nlink, link, xattrs, flags)
+    r = row_at(records, i)
+    path = names[r.name_off:r.name_off + r.name_len].decode("utf-8", "surrogateescape")
+    link, xattrs = decode_extra(extras[r.extra_off:r.extra_off + r.extra_len], stat.S_ISLNK(r.mode))
+    return Entry(path, r.mode, r.uid, r.gid, r.size, r.mtime_ns, r.ctime_ns, r.ino, r.dev, r.rdev, r.nlink, link,
+                 xattrs, r.flags)
 
 
 def path_key(path: bytes) -> bytes:
@@ -106,7 +171,7 @@ def add_xattrs(root: bytes, records: bytes, names: bytes, extras: bytes, *, scan
     Large trees are split across threads (the compiled scan releases the GIL). Blobs are appended to
     ``extras`` in row order, so the result does not depend on the thread count.
     """
-    n = len(records) // RECORD.size
+    n = row_count(records)
     workers = min(4, os.cpu_count() or 1) if n >= 20_000 else 1
     bounds = [n * k // workers for k in range(workers + 1)]
     if workers == 1:
@@ -120,9 +185,8 @@ def add_xattrs(root: bytes, records: bytes, names: bytes, extras: bytes, *, scan
     recs, ext = bytearray(records), bytearray(extras)
     for i, blob in found:
         off = i * RECORD.size
-        # extra_off and extra_len sit at fixed offsets in the record (fields 7 and 13).
-        struct.pack_into("<Q", recs, off + 56, len(ext))
-        struct.pack_into("<I", recs, off + 84, len(blob))
+        struct.pack_into("<Q", recs, off + 56, len(ext))  # extra_off
+        struct.pack_into("<I", recs, off + 84, len(blob))  # extra_len
         ext += blob
     return bytes(recs), bytes(ext)
 
@@ -180,8 +244,7 @@ def long_path_xattrs(root: bytes, records, names, rows: list[int]) -> list[tuple
     out = []
     with TreeView(root) as view:
         for i in rows:
-            t = RECORD.unpack_from(records, i * RECORD.size)
-            rel = bytes(names[t[6]:t[6] + t[12]])
+            rel = bytes(row_name(records, names, i))
             try:
                 path = view.fd_path(rel)
                 found = kept_xattrs(path) if path else []

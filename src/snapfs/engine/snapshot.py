@@ -22,7 +22,8 @@ from snapfs.errors import InputError, SnapshotError
 from snapfs.limits import MAX_DEPTH
 from . import backend
 from .rootfs import TreeView
-from .rows import RECORD, Entry, TooDeep, decode, encode_extra, kept_xattrs, path_key, too_deep
+from .rows import (Entry, TooDeep, decode, encode_extra, kept_xattrs, path_key, place_row, row_at, row_bytes, row_count,
+                   row_name, stat_row, too_deep)
 
 MAGIC = b"SNAPFS\x00\x01"
 # File timestamps come from the kernel's coarse clock (one tick, 1-10 ms) and may lag the real time by one
@@ -74,7 +75,7 @@ class Snapshot:
     hashes: dict[int, bytes] = field(default_factory=dict)
 
     def __len__(self) -> int:
-        return len(self.records) // RECORD.size
+        return row_count(self.records)
 
     def entry(self, i: int) -> Entry:
         return decode(self.records, self.names, self.extras, i)
@@ -117,7 +118,7 @@ def _finish(root: str, records: bytes, names: bytes, extras: bytes, dev: int, in
     racy = kernel.racy_rows(records, racy_ns)
     hashes: dict[int, bytes] = {}
     if racy and quiescent and len(racy) <= _HASH_INSTEAD_OF_WAIT[0] and sum(
-            RECORD.unpack_from(records, i * RECORD.size)[0] for i in racy) <= _HASH_INSTEAD_OF_WAIT[1]:
+            row_at(records, i).size for i in racy) <= _HASH_INSTEAD_OF_WAIT[1]:
         quiescent = False  # a few small files: hash them below rather than sleep
     if racy and quiescent:
         # Once the clock has moved past the window, any later write gets a newer timestamp.
@@ -128,9 +129,8 @@ def _finish(root: str, records: bytes, names: bytes, extras: bytes, dev: int, in
     elif racy:
         with TreeView(root) as view:
             for i in racy:
-                t = RECORD.unpack_from(records, i * RECORD.size)
                 try:
-                    hashes[i] = content_hash_at(view, names[t[6]:t[6] + t[12]])
+                    hashes[i] = content_hash_at(view, row_name(records, names, i))
                 except OSError:
                     pass  # vanished or unreadable since the walk: the diff will see its stat change
     return Snapshot(os.path.abspath(root), records, names, extras, dev, ino, start, racy_ns, hashes)
@@ -188,7 +188,11 @@ def load(path: str, *, kernel=None) -> Snapshot:
             raise ValueError("length mismatch")
     except (ValueError, KeyError, TypeError, zstandard.ZstdError) as exc:
         raise SnapshotError(f"{path}: corrupt snapshot ({exc})") from None
-    if nrec % RECORD.size or nrec // RECORD.size != meta["count"]:
+    try:
+        count = row_count(records)
+    except ValueError:
+        count = -1
+    if count != meta["count"]:
         raise SnapshotError(f"{path}: corrupt snapshot (record count)")
     problem = (kernel or backend.get()).check_rows(records, names, extras)
     if problem:
@@ -214,8 +218,7 @@ class PathIndex:
         self.snap, self.n = snap, len(snap)
 
     def key(self, j: int) -> bytes:
-        t = RECORD.unpack_from(self.snap.records, j * RECORD.size)
-        return path_key(self.snap.names[t[6]:t[6] + t[12]])
+        return path_key(row_name(self.snap.records, self.snap.names, j))
 
     def position(self, key: bytes, *, after: bool = False) -> int:
         """The first row whose key is not below ``key`` (with ``after``: above it)."""
@@ -248,20 +251,6 @@ class PathIndex:
 
     def subtree(self, i: int) -> range:
         return range(i + 1, self.subtree_end(i))
-
-
-def _record(st: os.stat_result) -> bytes:
-    """A row for one entry with zero offsets and lengths; ``_place`` fills them in."""
-    return RECORD.pack(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev, st.st_rdev, 0, 0,
-                       st.st_mode, st.st_uid, st.st_gid, st.st_nlink, 0, 0, 0, 0)
-
-
-def _place(rec: bytes, name_off: int, name_len: int, extra_off: int, extra_len: int) -> bytes:
-    # name_off, extra_off, name_len and extra_len sit at fixed offsets in the record (fields 6, 7, 12, 13).
-    out = bytearray(rec)
-    struct.pack_into("<QQ", out, 48, name_off, extra_off if extra_len else 0)
-    struct.pack_into("<II", out, 80, name_len, extra_len)
-    return bytes(out)
 
 
 def _extra_of(view: TreeView, rel: bytes, st: os.stat_result) -> bytes:
@@ -316,7 +305,7 @@ def patch(old: Snapshot, *, paths=(), subtrees=(), ignore=(), quiescent: bool = 
             st = view.lstat(rel)
             i = index.find(p)
             if i is not None:
-                was_dir = stat.S_ISDIR(RECORD.unpack_from(old.records, i * RECORD.size)[8])
+                was_dir = stat.S_ISDIR(row_at(old.records, i).mode)
                 whole = was_dir and (st is None or not stat.S_ISDIR(st.st_mode) or p in subs)
                 drops.append((i, index.subtree_end(i) if whole else i + 1))
             if st is None:
@@ -324,7 +313,7 @@ def patch(old: Snapshot, *, paths=(), subtrees=(), ignore=(), quiescent: bool = 
             if rel.count(b"/") >= MAX_DEPTH:
                 raise too_deep(view.root, rel, MAX_DEPTH)
             pos = index.position(path_key(rel), after=True)  # where p is (or would be): before its children
-            fresh.append((pos, rel, _record(st), _extra_of(view, rel, st)))
+            fresh.append((pos, rel, stat_row(st), _extra_of(view, rel, st)))
             if p in subs and stat.S_ISDIR(st.st_mode):
                 fresh += _walk_below(view, rel, pos, [x[len(p) + 1:] for x in ign if x.startswith(p + "/")],
                                      kernel)
@@ -332,7 +321,8 @@ def patch(old: Snapshot, *, paths=(), subtrees=(), ignore=(), quiescent: bool = 
     names, extras = bytearray(old.names), bytearray(old.extras)
     rows = []
     for pos, rel, rec, extra in fresh:
-        rows.append((pos, _place(rec, len(names), len(rel), len(extras), len(extra))))
+        rows.append((pos, place_row(rec, name_off=len(names), name_len=len(rel), extra_off=len(extras),
+                                     extra_len=len(extra))))
         names += rel
         extras += extra
     records = _splice(old.records, _merge(drops), rows, len(old))
@@ -363,10 +353,10 @@ def _walk_below(view: TreeView, rel: bytes, pos: int, ignore: list[str], kernel)
     finally:
         os.close(fd)
     out = []
-    for j in range(len(recs) // RECORD.size):
-        t = RECORD.unpack_from(recs, j * RECORD.size)
-        out.append((pos, rel + b"/" + names[t[6]:t[6] + t[12]], recs[j * RECORD.size:(j + 1) * RECORD.size],
-                    extras[t[7]:t[7] + t[13]]))
+    for j in range(row_count(recs)):
+        r = row_at(recs, j)
+        out.append((pos, rel + b"/" + names[r.name_off:r.name_off + r.name_len], row_bytes(recs, j),
+                    extras[r.extra_off:r.extra_off + r.extra_len]))
     return out
 
 
@@ -382,7 +372,6 @@ def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 def _splice(records: bytes, drops: list[tuple[int, int]], rows: list[tuple[int, bytes]], n: int) -> bytes:
     """Old rows minus ``drops``, with each new row inserted before old position ``pos``."""
-    size = RECORD.size
     kept, cur = [], 0
     for a, b in drops:
         if a > cur:
@@ -397,10 +386,10 @@ def _splice(records: bytes, drops: list[tuple[int, int]], rows: list[tuple[int, 
             k += 1
         cur = a
         while k < len(rows) and rows[k][0] < b:
-            out.append(records[cur * size:rows[k][0] * size])
+            out.append(row_bytes(records, cur, rows[k][0]))
             out.append(rows[k][1])
             cur = rows[k][0]
             k += 1
-        out.append(records[cur * size:b * size])
+        out.append(row_bytes(records, cur, b))
     out.extend(r for _, r in rows[k:])
     return b"".join(out)

@@ -14,10 +14,10 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from snapfs.errors import InputError
+from snapfs.mediatypes import INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX
 from .blobstore import BlobStore, file_digest, uncompressed_digest
-from .model import (ANNOTATION_REF_NAME, INDEX_TYPES, MANIFEST_TYPES, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, OCI_INDEX,
-                    Descriptor, Image, Index, Manifest, Platform, canonical_json, host_platform, image_from_manifest,
-                    sniff_media_type)
+from .model import (ANNOTATION_REF_NAME, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Descriptor, Image, Index, Manifest,
+                    Platform, canonical_json, host_platform, image_from_manifest, sniff_media_type)
 
 LAYOUT_FILE = "oci-layout"
 INDEX_FILE = "index.json"

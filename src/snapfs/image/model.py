@@ -15,35 +15,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from snapfs.errors import InputError
+from snapfs.mediatypes import (DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST, INDEX_TYPES, LAYER_TYPES,
+                               MANIFEST_TYPES, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD,
+                               OCI_MANIFEST)
 from .reference import validate_digest
 
-OCI_INDEX = "application/vnd.oci.image.index.v1+json"
-OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
-OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
-OCI_LAYER = "application/vnd.oci.image.layer.v1.tar"
-OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
-OCI_LAYER_ZSTD = "application/vnd.oci.image.layer.v1.tar+zstd"
-OCI_LAYER_NONDIST_GZIP = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
-DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
-DOCKER_MANIFEST_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
-DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
-DOCKER_LAYER_GZIP = "application/vnd.docker.image.rootfs.diff.tar.gzip"
-DOCKER_LAYER_FOREIGN = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
-
-MANIFEST_TYPES = frozenset({OCI_MANIFEST, DOCKER_MANIFEST})
-INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_MANIFEST_LIST})
-LAYER_TYPES = frozenset({OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_LAYER_NONDIST_GZIP, DOCKER_LAYER_GZIP,
-                         DOCKER_LAYER_FOREIGN, "application/vnd.docker.image.rootfs.diff.tar"})
-# What a registry is asked for when resolving a reference, most preferred first.
-MANIFEST_ACCEPT = (OCI_INDEX, DOCKER_MANIFEST_LIST, OCI_MANIFEST, DOCKER_MANIFEST)
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 MAX_MANIFEST_BYTES = 4 << 20  # the limit registries apply; a bigger "manifest" is hostile
 MAX_CONFIG_BYTES = 64 << 20
-
-_LAYER_BY_COMPRESSION = {
-    (True, "gzip"): OCI_LAYER_GZIP, (True, "zstd"): OCI_LAYER_ZSTD, (True, "none"): OCI_LAYER,
-    (False, "gzip"): DOCKER_LAYER_GZIP, (False, "zstd"): OCI_LAYER_ZSTD, (False, "none"): OCI_LAYER,
-}
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -53,11 +32,6 @@ def canonical_json(obj: Any) -> bytes:
 
 def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def layer_media_type(compression: str, *, oci: bool = True) -> str:
-    """The layer media type for a compression name from ``snapfs.engine.compress`` (gzip, zstd, none)."""
-    return _LAYER_BY_COMPRESSION[(oci, compression)]
 
 
 def _load_json(data: bytes, what: str) -> dict:

@@ -16,10 +16,11 @@ from typing import Sequence
 
 from snapfs.engine.compress import DigestWriter, detect
 from snapfs.errors import InputError
+from snapfs.mediatypes import (DOCKER_LAYER_GZIP, DOCKER_MANIFEST, OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD,
+                               OCI_MANIFEST)
 from .blobstore import BlobStore, uncompressed_digest
 from .layout import atomic_file
-from .model import (DOCKER_LAYER_GZIP, DOCKER_MANIFEST, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, OCI_LAYER, OCI_LAYER_GZIP,
-                    OCI_LAYER_ZSTD, OCI_MANIFEST, Image, Layer, canonical_json)
+from .model import MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Image, Layer, canonical_json
 from .reference import DEFAULT_REGISTRY, Reference, digest_parts, parse_reference
 
 _SUFFIX = {OCI_LAYER: ".tar", OCI_LAYER_ZSTD: ".tar.zst"}

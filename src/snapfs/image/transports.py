@@ -26,7 +26,18 @@ from .tarball import read_tarball, write_tarball
 
 log = logging.getLogger("snapfs.outputs")
 
-LOCAL_PREFIXES = ("oci:", "oci-layout://", "docker-archive:", "tarball:")
+# The one table of local transports: prefix -> the kind of source it names (a registry reference has none).
+LOCAL_TRANSPORTS = {"oci:": "oci", "oci-layout://": "oci", "docker-archive:": "docker-archive",
+                    "tarball:": "docker-archive"}
+
+
+def split_transport(spec: str) -> tuple[str | None, str]:
+    """``oci:DIR[:REF]`` -> ``("oci", "DIR[:REF]")``, ``docker-archive:FILE[:TAG]`` (or ``tarball:``) ->
+    ``("docker-archive", ...)``; a registry reference -> ``(None, spec)``."""
+    for prefix, kind in LOCAL_TRANSPORTS.items():
+        if spec.startswith(prefix):
+            return kind, spec[len(prefix):]
+    return None, spec
 
 
 @dataclass(frozen=True)
@@ -96,7 +107,8 @@ def check_destinations(options: OutputOptions, registry: RegistryOptions, *,
 
 
 def is_local_spec(spec: str) -> bool:
-    return spec.startswith(LOCAL_PREFIXES)
+    """Does ``spec`` name an image on this machine (an OCI layout or a docker archive), not in a registry?"""
+    return split_transport(spec)[0] is not None
 
 
 def load_image(spec: str, *, store: BlobStore, client: RegistryClient | None = None,
@@ -106,11 +118,11 @@ def load_image(spec: str, *, store: BlobStore, client: RegistryClient | None = N
     Returns the image and, for registry images, the resolved reference (used for cross-repository mounts).
     Registry layers and tarball layers land in ``store``; layout layers stay in the layout.
     """
-    if spec.startswith(("oci:", "oci-layout://")):
-        path, ref = split_layout_spec(spec.split(":", 1)[1].removeprefix("//"))
+    kind, rest = split_transport(spec)
+    if kind == "oci":
+        path, ref = split_layout_spec(rest.removeprefix("//"))  # oci://DIR as oci:DIR
         return read_layout(path, ref_name=ref, platform=platform), None
-    if spec.startswith(("docker-archive:", "tarball:")):
-        rest = spec.split(":", 1)[1]
+    if kind == "docker-archive":
         path, tag = (rest, None) if os.path.isfile(rest) or ":" not in rest else rest.split(":", 1)
         return read_tarball(path, store, tag=tag), None
     ref = parse_reference(spec)

@@ -14,10 +14,10 @@ import httpx
 
 from snapfs.errors import InputError, RegistryError
 from snapfs.image.blobstore import BlobMismatch, BlobStore
-from snapfs.image.model import (INDEX_TYPES, MANIFEST_ACCEPT, MANIFEST_TYPES, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES,
-                                Image, Index, Layer, Manifest, Platform, host_platform, image_from_manifest,
-                                sha256_digest, sniff_media_type)
+from snapfs.image.model import (MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Image, Index, Layer, Manifest, Platform,
+                                host_platform, image_from_manifest, sha256_digest, sniff_media_type)
 from snapfs.image.reference import DEFAULT_REGISTRY, Reference, split_registry_spec, validate_digest
+from snapfs.mediatypes import INDEX_TYPES, MANIFEST_ACCEPT, MANIFEST_TYPES
 from .client import (RegistryClient, RegistryConnectionError, RegistryHTTPError, describe_transport_error, pull_scope,
                      read_limited, run_parallel)
 
