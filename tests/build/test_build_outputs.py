@@ -94,12 +94,21 @@ def test_failed_build_leaves_no_output_and_no_tag(registry, ctx, tmp_path):
     (["--cache-repo=oci:/tmp/x"], "--cache-repo (layer caching) is not supported yet"),
     (["--no-push=maybe"], "--no-push: expected true or false, got 'maybe'"),
     (["--snapshot-mode=fast"], "invalid choice: 'fast'"),
+    # Checked before any work: the context is not even read (it used to fail after the first step's snapshot).
+    (["--no-push", "--compression-level=99"], "snapfs: gzip level must be 0-9, got 99"),
+    (["--no-push", "--compression=zstd", "--compression-level=0"], "snapfs: zstd level must be 1-22, got 0"),
     ([], "no output: give --destination, --tar-path or --oci-layout-path (or --no-push)"),
 ])
 def test_bad_flags_are_refused_clearly(registry, ctx, tmp_path, args, message):
     extra = [] if not args or args[0].startswith("--no-push") else []
     r = snapfs_build(registry, tmp_path, "-c", str(ctx), *args, *extra)
     assert r.returncode != 0 and message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_options_are_checked_before_any_work(registry, tmp_path):
+    """A bad --compression-level is refused before the context is read (not after the first step)."""
+    r = snapfs_build(registry, tmp_path, "-c", str(tmp_path / "nope"), "--no-push", "--compression-level=99")
+    assert r.returncode != 0 and r.stderr.strip() == "snapfs: gzip level must be 0-9, got 99"
 
 
 def test_missing_context_and_dockerfile(registry, tmp_path):

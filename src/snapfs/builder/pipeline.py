@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 from snapfs.engine import lifecycle
+from snapfs.engine.compress import check_compression
 from snapfs.engine.layer import source_date_epoch
 from snapfs.errors import BuildError, InputError, SnapfsError, UsageError
 from snapfs.frontend.dockerignore import load_dockerignore
@@ -156,6 +157,7 @@ def _check(o: BuildOptions) -> None:
         raise UsageError(f"unknown --image-format {o.image_format!r} (choose oci or docker)")
     if o.image_format == "docker" and o.compression != "gzip":
         raise UsageError("--image-format docker needs gzip layers (Docker manifests cannot name zstd)")
+    check_compression(o.compression, o.compression_level)  # before any work, not when the first layer is written
     if not o.outputs.destinations and not o.outputs.no_push and not (o.outputs.tar_path or o.outputs.oci_layout_path):
         raise UsageError("no output: give --destination, --tar-path or --oci-layout-path (or --no-push)")
 
@@ -215,7 +217,7 @@ class _Builder:
         self.keep = tuple(p.strip("/") for p in ignore if p.strip("/"))
         self.stage_copies: dict[int, str] = {}
         self.stage_opts = StageOptions(
-            layer_dir=self.layer_dir, compression=options.compression, level=options.compression_level,
+            layer_dir=self.layer_dir, compression=options.compression, compression_level=options.compression_level,
             snapshot_mode=options.snapshot_mode, single_snapshot=options.single_snapshot, epoch=epoch,
             created=created, ignore_paths=tuple(p.strip("/") for p in ignore if p.strip("/")),
             docker_media_types=options.image_format == "docker")

@@ -61,7 +61,7 @@ class StageState:
 class StageOptions:
     layer_dir: str  # where finished layer blobs go (content-addressed names)
     compression: str = "gzip"
-    level: int | None = None
+    compression_level: int | None = None
     snapshot_mode: str = "full"  # full | redo | time
     single_snapshot: bool = False
     epoch: int | None = None  # SOURCE_DATE_EPOCH / --reproducible: clamp layer mtimes
@@ -115,7 +115,8 @@ def _snapshot_layer(state: StageState, opts: StageOptions, *, index: int, create
             state.config.history.append(imageconfig.history_entry(text, created=opts.created, empty_layer=True))
         return StepTiming(index, created_by[-1], run=run_time, snapshot=t1 - t0)
     tmp = os.path.join(opts.layer_dir, f"layer-{os.getpid()}-{index}.tmp")
-    blob = write_layer(d, tmp, compression=opts.compression, level=opts.level, epoch=opts.epoch, durable=False)
+    blob = write_layer(d, tmp, compression=opts.compression, level=opts.compression_level, epoch=opts.epoch,
+                       durable=False)
     final = os.path.join(opts.layer_dir, blob.digest.split(":", 1)[1])
     os.replace(tmp, final)
     media = layer_media_type(opts.compression, oci=not opts.docker_media_types)
