@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from snapfs.engine import lifecycle
 from snapfs.engine.compress import check_compression
 from snapfs.engine.layer import source_date_epoch
+from snapfs.engine.rootfs import RootFS
 from snapfs.errors import BuildError, InputError, SnapfsError, UsageError
 from snapfs.frontend.dockerignore import load_dockerignore
 from snapfs.frontend.plan import Plan, expand_instruction, onbuild_instructions, plan_build, stage_scope
@@ -208,6 +209,7 @@ class _Builder:
         self.scopes: dict = {}  # each built stage's final scope: a child stage inherits its ARGs
         self.overlay = not in_place and options.isolation != "none" and stageroot.overlay_available(scratch)
         self.images: dict[str, tuple[Image, str]] = {}  # COPY --from images, unpacked
+        self._filtered: str | None = None  # the context less .dockerignore'd files, made on first use
         created, epoch = _created(options)
         ignore = list(options.ignore_paths)
         if options.ignore_var_run:
@@ -289,9 +291,14 @@ class _Builder:
         triggers = base.config().get("config", {}).get("OnBuild") or []
         todo = list(onbuild_instructions(triggers, escape=self.plan.escape)) + list(stage.instructions)
         cfg.inner["OnBuild"] = None  # triggers run once, in the first child
-        from .steps import StepRunner  # the RUN machinery (sandbox) only when a stage has steps
+        from .steps import StageContext, StepRunner  # the RUN machinery (sandbox) only when a stage has steps
 
-        runner = StepRunner(self, state)
+        ctx = StageContext(context=self.context, plan=self.plan, scratch=self.scratch, cache_dir=self.cache_dir,
+                           in_place=self.in_place, isolation=self.o.isolation, secrets=self.o.secrets,
+                           stage_opts=self.stage_opts, built_stages=frozenset(self.stages),
+                           stage_source=self.stage_source, image_root=self.image_root,
+                           filtered_context=self.filtered_context)
+        runner = StepRunner(ctx, state)
         for raw in todo:
             instruction, scope_after = expand_instruction(raw, scope, escape=self.plan.escape, file=self.plan.file)
             self._announce(_describe(instruction))
@@ -350,6 +357,28 @@ class _Builder:
             stageroot.unpack(self.stages[index].image.layers, path)
             self.stage_copies[index] = path
         return self.stage_copies[index]
+
+    def image_root(self, ref: str) -> str:
+        """COPY --from=<image>: the image's flattened root from the cache (unpacked once, read only)."""
+        if ref not in self.images:
+            image, _ = load_image(ref, store=self.store, client=None if is_local_spec(ref) else self.client())
+            self.images[ref] = (image, stageroot.cached_base(image, self.cache_dir))
+        return self.images[ref][1]
+
+    def filtered_context(self) -> str:
+        """The context as a RUN bind mount sees it: without what .dockerignore excludes (copied once per build)."""
+        ctx = self.context
+        if ctx.ignore is None:
+            return ctx.root
+        if self._filtered is None:
+            from .copier import copy
+
+            target = os.path.join(self.scratch, "context-filtered")
+            os.makedirs(target)
+            with RootFS(target) as root:
+                copy(root, Source(ctx.root, False, ctx.ignore, ctx.label), ["."], "/", what="RUN --mount")
+            self._filtered = target
+        return self._filtered
 
     def release(self) -> None:
         """Unmount every stage root (before the scratch directory is removed)."""

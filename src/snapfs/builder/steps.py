@@ -14,27 +14,51 @@ import fcntl
 import hashlib
 import os
 import posixpath
+from dataclasses import dataclass
+from typing import Callable
 
 from snapfs.engine.rootfs import RootFS
 from snapfs.errors import BuildError, NotSupportedError, UsageError
 from snapfs.frontend import instructions as ins
+from snapfs.frontend.plan import Plan
 from snapfs.frontend.values import parse_mount
 from . import stage as executor, history
 from .copier import Source
-from .stage import StageState, StepTiming
+from .stage import StageOptions, StageState, StepTiming
 
 MAX_HEREDOC_SCRIPT = 1 << 20
 
 
-class StepRunner:
-    """Executes the steps of one stage for a ``build._Builder``."""
+@dataclass(frozen=True)
+class StageContext:
+    """What the steps of one stage read from the build: settings, and the build's services as functions.
 
-    def __init__(self, builder, state: StageState) -> None:
-        self.b, self.state = builder, state
+    Made by the pipeline when the stage starts; the steps never see the builder itself.
+    """
+
+    context: Source  # the build context (with its .dockerignore rules)
+    plan: Plan
+    scratch: str  # this build's scratch directory
+    cache_dir: str
+    in_place: str | None  # building over "/": the snapfs directory; else None
+    isolation: str
+    secrets: tuple[tuple[str, str], ...]
+    stage_opts: StageOptions
+    built_stages: frozenset[int]  # stages COPY --from / RUN --mount from= may read
+    stage_source: Callable[[int], str]  # a built stage's tree
+    image_root: Callable[[str], str]  # COPY --from=<image>: the image's flattened root, unpacked once
+    filtered_context: Callable[[], str]  # the context less what .dockerignore excludes (for RUN --mount)
+
+
+class StepRunner:
+    """Executes the steps of one stage."""
+
+    def __init__(self, ctx: StageContext, state: StageState) -> None:
+        self.ctx, self.state = ctx, state
 
     @property
-    def opts(self):
-        return self.b.stage_opts
+    def opts(self) -> StageOptions:
+        return self.ctx.stage_opts
 
     def step(self, i, scope, scope_after, *, index: int) -> StepTiming:
         if isinstance(i, ins.Run):
@@ -61,7 +85,7 @@ class StepRunner:
         if isinstance(i, ins.Add):
             staged = self._stage_add(i, index)
             return executor.copy_step(self.state, self.opts, i, index=index, created_by=created_by,
-                                      source=self.b.context, owner=owner, staged=staged)
+                                      source=self.ctx.context, owner=owner, staged=staged)
         source = self._source(i.from_)
         return executor.copy_step(self.state, self.opts, i, index=index, created_by=created_by, source=source,
                                   owner=owner)
@@ -71,7 +95,7 @@ class StepRunner:
         from . import addsources as add
         from .copier import escape_glob, expand, no_sources
 
-        staging = os.path.join(self.b.scratch, f"add-{index}")
+        staging = os.path.join(self.ctx.scratch, f"add-{index}")
         os.makedirs(staging)
         out = []
         for n, src in enumerate(i.sources):
@@ -91,42 +115,30 @@ class StepRunner:
             else:
                 if i.checksum:
                     raise UsageError("ADD --checksum applies only to URL sources")
-                with RootFS(self.b.context.root) as root:
-                    matches = expand(root, self.b.context, [src], what="ADD")
+                with RootFS(self.ctx.context.root) as root:
+                    matches = expand(root, self.ctx.context, [src], what="ADD")
                 for m in matches:
-                    path = add.local_source_path(self.b.context, m.rel)
+                    path = add.local_source_path(self.ctx.context, m.rel)
                     if path is not None and i.unpack is not False and add.is_archive(path):
                         sub = os.path.join(area, f"a{len(out)}")
                         os.makedirs(sub)
                         out.append(add.Staged(Source(add.extract(path, sub), False, label=m.rel), ".",
                                               into_dir=True))
                     else:
-                        out.append(add.Staged(self.b.context, escape_glob(m.rel)))
+                        out.append(add.Staged(self.ctx.context, escape_glob(m.rel)))
         if i.sources and not out:  # every source a wildcard that matched nothing (heredoc files are not sources)
-            raise no_sources(list(i.sources), self.b.context, "ADD")
+            raise no_sources(list(i.sources), self.ctx.context, "ADD")
         return out
 
     def _source(self, from_: str | None) -> Source:
         if not from_:
-            return self.b.context
-        stage = self.b.plan.find_stage(from_)
+            return self.ctx.context
+        stage = self.ctx.plan.find_stage(from_)
         if stage is not None:
-            if stage.index not in self.b.stages:
+            if stage.index not in self.ctx.built_stages:
                 raise BuildError(f"--from={from_}: stage has not been built")
-            return Source(self.b.stage_source(stage.index), False, label=f"stage {from_}")
-        return Source(self._image_root(from_), False, label=f"image {from_}")
-
-    def _image_root(self, ref: str) -> str:
-        """COPY --from=<image>: the image's flattened root from the cache (unpacked once, read only)."""
-        if ref in self.b.images:
-            return self.b.images[ref][1]
-        from snapfs.image.transports import is_local_spec, load_image
-        from .stageroot import cached_base
-
-        image, _ = load_image(ref, store=self.b.store, client=None if is_local_spec(ref) else self.b.client())
-        root = cached_base(image, self.b.cache_dir)
-        self.b.images[ref] = (image, root)
-        return root
+            return Source(self.ctx.stage_source(stage.index), False, label=f"stage {from_}")
+        return Source(self.ctx.image_root(from_), False, label=f"image {from_}")
 
     def _owner(self, spec: str) -> tuple[int, int]:
         """Owner of the directories WORKDIR creates under ``USER spec`` (BuildKit's file-op rules)."""
@@ -152,11 +164,11 @@ class StepRunner:
         from snapfs.run import direct as direct_run
 
         # In place (over "/") steps run directly, as Kaniko's do; otherwise in the sandbox when it is allowed.
-        if self.b.in_place:
+        if self.ctx.in_place:
             direct_run.announce_direct()  # logged once per process
             run = direct_run.run_direct
         else:
-            run = direct_run.runner(self.b.o.isolation)
+            run = direct_run.runner(self.ctx.isolation)
         direct = run is direct_run.run_direct
         cfg = self.state.config
         executor.make_volume_dirs(self.state)  # in this step's layer, as the classic builder and buildah do
@@ -165,11 +177,11 @@ class StepRunner:
         with contextlib.ExitStack() as stack:
             mounts = tuple(m for m in (self._mount(spec, scope, env, stack) for spec in i.mount_specs) if m)
             if script is not None:
-                path = os.path.join(self.b.scratch, f"heredoc-{index}")
+                path = os.path.join(self.ctx.scratch, f"heredoc-{index}")
                 with open(path, "w") as f:
                     f.write(script)
                 os.chmod(path, 0o755)
-                if direct and self.b.in_place:
+                if direct and self.ctx.in_place:
                     argv = [path]  # the scratch dir is inside the root the step sees
                 elif direct:
                     raise NotSupportedError("a RUN heredoc with a #! line without isolation outside the container")
@@ -204,9 +216,6 @@ class StepRunner:
         script = text[1] if len(text) > 1 else ""
         return shell + [cmd + "\n" + script], None
 
-    def _filtered_context(self) -> str:
-        return _filtered_context_dir(self.b)
-
     def _mount(self, spec: str, scope, env: dict, stack: contextlib.ExitStack):
         """The sandbox mount for one ``--mount`` value, its host side prepared (None: nothing to mount)."""
         from snapfs.run import sandbox
@@ -219,7 +228,7 @@ class StepRunner:
         if m.type == "tmpfs":
             return sandbox.Mount(kind="tmpfs", target=target, readonly=False, size=m.size)
         if m.type == "secret":
-            secrets = dict(self.b.o.secrets)
+            secrets = dict(self.ctx.secrets)
             sid = m.id or posixpath.basename(m.target)
             src = secrets.get(sid)
             if src is None:
@@ -234,7 +243,7 @@ class StepRunner:
         if m.type == "cache":
             cid = m.id or target
             key = hashlib.sha256(cid.encode("utf-8", "surrogateescape")).hexdigest()[:32]  # any bytes the id holds
-            path = os.path.join(self.b.cache_dir, "run-cache", key)
+            path = os.path.join(self.ctx.cache_dir, "run-cache", key)
             fresh = not os.path.isdir(path)
             os.makedirs(path, exist_ok=True)
             if fresh:
@@ -246,7 +255,7 @@ class StepRunner:
             fcntl.flock(lock, fcntl.LOCK_EX if m.sharing in ("", "locked") else fcntl.LOCK_SH)
             return sandbox.Mount(kind="cache", target=target, source=path, readonly=False)
         # bind: from the context (default), a stage or an image; never outside that root
-        root = self._source(m.from_).root if m.from_ else self._filtered_context()
+        root = self._source(m.from_).root if m.from_ else self.ctx.filtered_context()
         with RootFS(root) as r:
             if r.lstat(m.source.lstrip("/") or ".") is None and m.source.strip("/"):
                 raise BuildError(f"RUN --mount source {m.source!r} not found")
@@ -255,22 +264,6 @@ class StepRunner:
         if os.path.commonpath([real_root, host]) != real_root:
             raise BuildError(f"RUN --mount source {m.source!r} resolves outside its root")
         return sandbox.Mount(kind="bind", target=target, source=host, readonly=m.readonly)
-
-
-def _filtered_context_dir(builder) -> str:
-    """The context as a RUN bind mount sees it: without what .dockerignore excludes (copied once per build)."""
-    from .copier import copy
-
-    ctx = builder.context
-    if ctx.ignore is None:
-        return ctx.root
-    if getattr(builder, "_filtered", None) is None:
-        target = os.path.join(builder.scratch, "context-filtered")
-        os.makedirs(target)
-        with RootFS(target) as root:
-            copy(root, Source(ctx.root, False, ctx.ignore, ctx.label), ["."], "/", what="RUN --mount")
-        builder._filtered = target
-    return builder._filtered
 
 
 def _expand(text: str, env: dict) -> str:
