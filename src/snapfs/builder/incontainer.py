@@ -306,9 +306,8 @@ def _make_undumpable() -> bool:
     """Make this process non-dumpable: its ``/proc/PID/{environ,mem,maps}`` become readable only with
     ``CAP_SYS_PTRACE`` (which a default pod lacks), and ptrace/process_vm_readv by a root RUN step fail."""
     try:
-        import ctypes
+        from snapfs.engine.libc import libc
 
-        libc = ctypes.CDLL(None, use_errno=True)
         return libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False

@@ -22,7 +22,6 @@ does. Snapshots walk the merged view either way, so the engine sees the same tre
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import hashlib
 import logging
@@ -30,6 +29,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
+from snapfs.engine.libc import MS_NODEV, MS_NOSUID, MS_RDONLY, mount, unmount
 from snapfs.engine import lifecycle
 from snapfs.engine.apply import apply_layer
 from snapfs.engine.rootfs import RootFS, remove_path
@@ -38,11 +38,6 @@ from snapfs.image.model import Image
 
 log = logging.getLogger("snapfs.build")
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-MS_RDONLY, MS_NOSUID, MS_NODEV = 1, 2, 4
-MNT_DETACH = 2
 MAX_LOWERS = 500  # overlayfs's OVL_MAX_STACK
 PAGE = os.sysconf("SC_PAGESIZE")
 _available: dict[str, bool] = {}
@@ -71,8 +66,8 @@ def fits(lowers: list[str], *, upper: str, work: str) -> bool:
 def _mount(lowers: list[str], target: str, *, upper: str | None = None, work: str | None = None) -> None:
     opts = _options(lowers, upper, work)
     flags = MS_NODEV if upper else MS_RDONLY | MS_NODEV | MS_NOSUID
-    if _libc.mount(b"overlay", os.fsencode(target), b"overlay", flags, opts) != 0:
-        err = ctypes.get_errno()
+    err = mount("overlay", target, "overlay", flags, opts)
+    if err:
         hint = ""
         if err == errno.EINVAL and (len(lowers) > MAX_LOWERS or len(opts) >= PAGE):
             hint = (f" ({len(lowers)} lower layers in {len(opts)} bytes of options; overlayfs takes at most "
@@ -81,11 +76,7 @@ def _mount(lowers: list[str], target: str, *, upper: str | None = None, work: st
 
 
 def _umount(target: str) -> None:
-    if _libc.umount2(target.encode(), 0) != 0:
-        err = ctypes.get_errno()
-        if err == errno.EINVAL:  # not mounted
-            return
-        _libc.umount2(target.encode(), MNT_DETACH)  # busy: detach, the kernel frees it when unused
+    unmount(target)
 
 
 def overlay_available(scratch: str) -> bool:

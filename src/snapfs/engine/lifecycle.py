@@ -21,7 +21,6 @@ name the filesystem among the places the build writes to.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import logging
 import os
@@ -30,13 +29,11 @@ import signal
 import tempfile
 import time
 
+from .libc import unmount
 from .rootfs import remove_path
 
 log = logging.getLogger("snapfs.build")
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-MNT_DETACH = 2
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 SCRATCH_NAME = re.compile(r"^snapfs-(?:build|run)-(\d+)\.(\d+)\.(\d+)-[a-z0-9_]{8}$")
 UNPACK_NAME = re.compile(r"^[0-9a-f]{64}\.tmp-(\d+)\.(\d+)\.(\d+)$")  # a base root being cached
@@ -183,9 +180,7 @@ def unmount_below(path: str) -> bool:
         if not points:
             return True
         for point in points:
-            target = os.fsencode(point)
-            if _libc.umount2(target, 0) != 0 and ctypes.get_errno() == errno.EBUSY:
-                _libc.umount2(target, MNT_DETACH)
+            unmount(point)
     return not mounts_below(path)
 
 

@@ -11,7 +11,6 @@ signal N.
 """
 from __future__ import annotations
 
-import ctypes
 import functools
 import io
 import logging
@@ -23,6 +22,7 @@ import threading
 import time
 from typing import IO, Any, Callable
 
+from snapfs.engine.libc import libc
 from snapfs.engine.rootfs import split_path
 from snapfs.errors import BuildError, InputError, NotSupportedError, UsageError
 from .sandbox import pump_output, stream_target
@@ -215,7 +215,6 @@ def _popen_without_caps(argv: list[str], kwargs: dict) -> subprocess.Popen:
 
 def _drop_bounding(caps: dict[int, str]) -> set[str]:
     """Drop ``caps`` from the calling thread's bounding set; the names of those still in it afterwards."""
-    libc = ctypes.CDLL(None, use_errno=True)
     kept = set()
     for cap, name in caps.items():
         if libc.prctl(PR_CAPBSET_READ, cap, 0, 0, 0) == 1 and libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:

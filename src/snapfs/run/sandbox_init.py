@@ -39,14 +39,13 @@ import struct
 import sys
 from collections import deque
 
+from snapfs.engine.libc import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC,
+                               MS_REMOUNT, libc as _libc, mount as _mount)
 from snapfs.engine.rootfs import RootFS, lstat_at, split_path
 from .confine import SeccompError, SeccompFilter, mask_kernel_files
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
-MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_CAPBSET_DROP = 1, 4, 24
 PIVOT_ROOT_NR = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 # Docker's default set less NET_RAW and MKNOD: CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP
@@ -58,11 +57,6 @@ SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 SETUP_FAILED = 125  # the launcher's exit code when the reaper failed before the command started
 
 _O_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-_libc.unshare.argtypes = [ctypes.c_int]
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 DEV_NODES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0))
 DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
@@ -80,10 +74,9 @@ def _check(rc: int, what: str) -> None:
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None, what: str) -> None:
-    def enc(s: str | None) -> bytes | None:
-        return None if s is None else os.fsencode(s)
-
-    _check(_libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), what)
+    err = _mount(source, target, fstype, flags, data)
+    if err:
+        raise SetupError(f"{what}: {os.strerror(err)}")
 
 
 def fd_path(fd: int) -> str:
