@@ -33,4 +33,5 @@ echo "build-executor-image: building wheels into $ctx/wheels" >&2
   | grep -v -E '^WARNING: (Running pip as|Location)' >&2 || true
 ls "$ctx"/wheels/snapfs-*.whl >/dev/null
 cp "$repo/deploy/Dockerfile" "$repo/deploy/bundle.py" "$ctx/"
-exec "$PY" -m snapfs build --context "dir://$ctx" --dockerfile Dockerfile --build-arg "BASE=$base" "$@"
+# Not exec: the EXIT trap must still remove the wheels (~30 MB) once the build is done.
+"$PY" -m snapfs build --context "dir://$ctx" --dockerfile Dockerfile --build-arg "BASE=$base" "$@"

@@ -47,10 +47,14 @@ def world(tmp_path_factory):
                f"docker://{reg.host}/library/busybox:latest")
         debian = make_debian_layout(work)
         executor = os.path.join(work, "executor-oci")
+        tmp = os.path.join(work, "tmp")  # the script's own TMPDIR: it must leave nothing there
+        os.makedirs(tmp)
         r = subprocess.run(["bash", os.path.join(REPO, "deploy", "build-executor-image.sh"), "--base",
                             f"oci:{debian}:bookworm", "--no-push", f"--oci-layout-path={executor}", "--reproducible",
-                            f"--cache-dir={os.path.join(work, 'cache')}"], capture_output=True, text=True)
+                            f"--cache-dir={os.path.join(work, 'cache')}"], capture_output=True, text=True,
+                           env={**os.environ, "TMPDIR": tmp})
         assert r.returncode == 0, r.stderr[-4000:]
+        assert os.listdir(tmp) == []  # the wheels' build context is removed (the script used to exec past its trap)
         yield work, reg, executor
     finally:
         reg.stop()

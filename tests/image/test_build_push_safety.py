@@ -173,3 +173,21 @@ def test_failed_manifest_put_writes_no_local_output(plain_registry, proxy, busyb
     assert sorted(os.listdir(tmp_path / "out")) == ["digest", "img.tar", "names", "oci", "tags"]
     assert (tmp_path / "out" / "digest").read_text() == p.stdout.strip().splitlines()[-1]
     assert p.stderr.index(f"pushed {dest.name}@") < p.stderr.index("wrote OCI layout")
+
+
+def test_a_local_output_that_fails_takes_back_the_ones_written_before_it(busybox, tmp_path):
+    """--no-push: the tarball is written, then the layout cannot be (its parent is a file): the build fails and
+    the tarball it created is removed again, so a failed build leaves no output; a file that existed stays."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "blocker").write_text("a file where the layout's parent should be")
+    outputs = OutputOptions(no_push=True, tar_path=str(out / "img.tar"),
+                            oci_layout_path=str(out / "blocker" / "oci"), digest_file=str(out / "digest"))
+    options = BuildOptions(context=_context(tmp_path, busybox), outputs=outputs, cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(OSError):
+        build(options)
+    assert sorted(os.listdir(out)) == ["blocker"]
+    (out / "img.tar").write_bytes(b"an older archive")
+    with pytest.raises(OSError):
+        build(options)
+    assert (out / "img.tar").exists()  # replaced atomically by the new archive, never deleted

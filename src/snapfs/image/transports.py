@@ -9,11 +9,13 @@ nothing behind that looks like a finished build. ``load_image`` opens a base ima
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
+from snapfs.engine.rootfs import remove_path
 from snapfs.errors import InputError
 from snapfs.image.registry.client import RegistryClient, RegistryOptions
 from snapfs.image.registry.pull import pull_image
@@ -81,16 +83,25 @@ def write_outputs(image: Image, options: OutputOptions, *, client: RegistryClien
         if client is None:
             raise InputError("write_outputs: pushing needs a registry client")
         push_image(client, image, options.destinations, mount_from=mount_from)
-    if options.tar_path:
-        write_tarball(options.tar_path, image, tags=options.destinations)
-        log.info("wrote docker archive %s", options.tar_path)
-    if options.oci_layout_path:
-        name = options.destinations[0].tag if options.destinations else None
-        write_layout(options.oci_layout_path, image, ref_name=name)
-        log.info("wrote OCI layout %s", options.oci_layout_path)
-    write_digest_files(image.digest, options.destinations, digest_file=options.digest_file,
-                       image_name_with_digest_file=options.image_name_with_digest_file,
-                       image_name_tag_with_digest_file=options.image_name_tag_with_digest_file)
+    # What this call creates is removed again if a later local output fails (a full disk under the layout must
+    # not leave the tarball of a build that reported failure); what existed before is left as it was.
+    created = [p for p in (options.tar_path, options.oci_layout_path) if p and not os.path.lexists(p)]
+    try:
+        if options.tar_path:
+            write_tarball(options.tar_path, image, tags=options.destinations)
+            log.info("wrote docker archive %s", options.tar_path)
+        if options.oci_layout_path:
+            name = options.destinations[0].tag if options.destinations else None
+            write_layout(options.oci_layout_path, image, ref_name=name)
+            log.info("wrote OCI layout %s", options.oci_layout_path)
+        write_digest_files(image.digest, options.destinations, digest_file=options.digest_file,
+                           image_name_with_digest_file=options.image_name_with_digest_file,
+                           image_name_tag_with_digest_file=options.image_name_tag_with_digest_file)
+    except BaseException:
+        for path in created:
+            with contextlib.suppress(OSError):
+                remove_path(path)
+        raise
     return image.digest
 
 
