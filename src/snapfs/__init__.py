@@ -29,6 +29,9 @@ _LAZY = {
     "Snapshot": "snapfs.engine.snapshot", "load": "snapfs.engine.snapshot", "save": "snapfs.engine.snapshot",
     "take": "snapfs.engine.snapshot",
     "SnapfsError": "snapfs.errors",
+    # the builder's options, stable at the top level whatever package holds them
+    "BuildOptions": "snapfs.builder.pipeline", "BuildResult": "snapfs.builder.pipeline",
+    "OutputOptions": "snapfs.image.transports",
 }
 
 
@@ -63,5 +66,5 @@ def apply_layers(layers, root, **kw):
     return _apply(layers, root, **kw)
 
 
-__all__ = ["Change", "Diff", "LayerBlob", "Snapshot", "SnapfsError", "apply_layers", "build", "diff", "diff_trees",
-           "load", "save", "take", "write_layer"]
+__all__ = ["BuildOptions", "BuildResult", "Change", "Diff", "LayerBlob", "OutputOptions", "Snapshot", "SnapfsError",
+           "apply_layers", "build", "diff", "diff_trees", "load", "save", "take", "write_layer"]
