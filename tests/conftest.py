@@ -42,3 +42,10 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped where every test must run (SNAPFS_NO_SKIP=1): {reason}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _basetemp_for_mount_checks(tmp_path_factory):
+    """rootfs_kit.mountinfo tells this run's mounts from other runs' by this run's pytest basetemp."""
+    os.environ["SNAPFS_TEST_BASETEMP"] = str(tmp_path_factory.getbasetemp())
+    yield

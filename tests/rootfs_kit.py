@@ -69,6 +69,27 @@ def listing(root: str) -> dict[str, tuple]:
 
 
 def mountinfo() -> list[str]:
-    """The mount table of this process (without the per-mount ids that a remount may change)."""
+    """The mount table of this process (without the per-mount ids that a remount may change), less the mounts
+    that other processes' builds and test runs make meanwhile under the temp directory (their own pytest
+    basetemp, their own snapfs scratch): what a sandbox of this process could leave behind stays in."""
+    import re
+    import tempfile
+
+    tmp = os.path.realpath(tempfile.gettempdir()) + "/"
+    ours = re.compile(rf"^snapfs-(?:build|run)-{os.getpid()}\.")
+    basetemp = os.path.realpath(os.environ.get("SNAPFS_TEST_BASETEMP", "")) if os.environ.get(
+        "SNAPFS_TEST_BASETEMP") else None
+
+    def foreign(point: str) -> bool:
+        if not point.startswith(tmp):
+            return False
+        first = point[len(tmp):].split("/", 1)[0]
+        if first.startswith("snapfs-build-") or first.startswith("snapfs-run-"):
+            return not ours.match(first)
+        if first.startswith("pytest-of-"):
+            return basetemp is None or not (point + "/").startswith(basetemp + "/")
+        return False
+
     with open("/proc/self/mountinfo") as f:
-        return sorted(" ".join(line.split()[3:5]) for line in f)
+        rows = [line.split()[3:5] for line in f]
+    return sorted(" ".join(r) for r in rows if not foreign(r[1]))
