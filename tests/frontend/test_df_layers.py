@@ -17,7 +17,7 @@ ALLOWED = {
     "syntax": {"snapfs.errors", "shellwords"},
     "values": {"snapfs.errors"},
     "instructions": {"snapfs.errors", "syntax", "values"},
-    "plan": {"snapfs.errors", "syntax", "instructions", "values", "shellwords"},
+    "plan": {"snapfs.errors", "snapfs.platforms", "syntax", "instructions", "values", "shellwords"},
     "dockerignore": {"snapfs.errors"},
 }
 

@@ -5,7 +5,7 @@ import pytest
 
 from snapfs.errors import DockerfileError
 from snapfs.frontend.instructions import Env, Run, Workdir
-from snapfs.frontend.plan import Platform, Scope, expand_instruction, expand_stage, onbuild_instructions, plan_build
+from snapfs.frontend.plan import Scope, expand_instruction, expand_stage, onbuild_instructions, plan_build
 
 AMD64 = {"target_platform": "linux/amd64", "build_platform": "linux/amd64"}
 
@@ -75,15 +75,6 @@ def test_unused_stages_are_not_needed_even_if_broken_refs_are_images():
     plan = plan_build("FROM alpine AS a\nFROM private.registry/x AS b\nFROM a\n", **AMD64)
     assert plan.needed == (0, 2)
     assert plan.stages[1].base == "private.registry/x"
-
-
-def test_platform_defaults_and_parsing():
-    assert str(Platform.parse("linux/arm64/v8")) == "linux/arm64/v8"
-    assert Platform.parse("arm64") == Platform("linux", "arm64")
-    assert Platform.host().os == "linux"
-    with pytest.raises(DockerfileError) as info:
-        Platform.parse("linux")
-    assert info.value.message == '--platform: invalid platform "linux" (expected os/arch[/variant])'
 
 
 def test_build_args_not_declared_are_reported():

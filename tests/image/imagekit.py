@@ -9,8 +9,9 @@ import tarfile
 import tempfile
 
 from snapfs.engine.compress import DigestWriter, compressing_writer
-from snapfs.image.model import Image, Layer, Platform, append_layers, empty_image, with_config
+from snapfs.image.model import Image, Layer, append_layers, empty_image, with_config
 from snapfs.mediatypes import layer_media_type
+from snapfs.platforms import Platform
 
 
 def _reset(info: tarfile.TarInfo) -> tarfile.TarInfo:

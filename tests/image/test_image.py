@@ -7,30 +7,17 @@ import pytest
 
 from imagekit import files_layer, image_of
 from snapfs.errors import InputError
-from snapfs.image.model import (Descriptor, Index, Manifest, Platform, append_layers, canonical_json, convert,
-                                empty_image, host_platform, image_from_manifest, parse_platform, with_config)
+from snapfs.image.model import (Descriptor, Index, Manifest, append_layers, canonical_json, convert,
+                                empty_image, image_from_manifest, with_config)
 from snapfs.mediatypes import (DOCKER_LAYER_GZIP, DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX, OCI_LAYER_GZIP,
                                OCI_LAYER_ZSTD, OCI_MANIFEST)
+from snapfs.platforms import Platform
 
 D1, D2, D3 = ("sha256:" + c * 64 for c in "123")
 
 
 def test_canonical_json_is_sorted_and_compact():
     assert canonical_json({"b": 1, "a": [1, {"d": 2, "c": "é"}]}) == '{"a":[1,{"c":"é","d":2}],"b":1}'.encode()
-
-
-def test_platform_parse_and_match():
-    assert parse_platform("linux/x86_64") == Platform("linux", "amd64")
-    assert parse_platform("linux/arm/v7") == Platform("linux", "arm", "v7")
-    assert parse_platform("linux/aarch64").architecture == "arm64"
-    assert Platform("linux", "arm64").matches(Platform("linux", "arm64", "v8"))
-    assert Platform("linux", "arm64", "v8").matches(Platform("linux", "arm64"))
-    assert not Platform("linux", "arm", "v7").matches(Platform("linux", "arm", "v6"))
-    assert not Platform("linux", "amd64").matches(Platform("windows", "amd64"))
-    assert host_platform().os == "linux"
-    for bad in ("linux", "linux/", "a/b/c/d"):
-        with pytest.raises(InputError, match="expected os/arch"):
-            parse_platform(bad)
 
 
 def test_index_select_first_match_skips_unknown_types():

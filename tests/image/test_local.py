@@ -14,11 +14,12 @@ from registry_servers import skopeo
 from snapfs.errors import InputError
 from snapfs.image.blobstore import BlobMismatch, BlobStore
 from snapfs.image.layout import index_json, read_layout, validate_image, write_layout
-from snapfs.image.model import Platform, sha256_digest
+from snapfs.image.model import sha256_digest
 from snapfs.image.reference import parse_reference
 from snapfs.image.tarball import read_tarball, write_tarball
 from snapfs.image.transports import OutputOptions, load_image, write_outputs
 from snapfs.mediatypes import OCI_LAYER_ZSTD
+from snapfs.platforms import Platform
 
 
 def test_blob_store_verifies_before_publishing(tmp_path):

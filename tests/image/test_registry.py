@@ -12,11 +12,12 @@ from registry_servers import skopeo
 from snapfs.errors import InputError, RegistryError
 from snapfs.image.blobstore import BlobStore
 from snapfs.image.layout import read_layout, validate_image
-from snapfs.image.model import Descriptor, Index, Platform, convert
+from snapfs.image.model import Descriptor, Index, convert
 from snapfs.image.reference import parse_reference
 from snapfs.image.registry.pull import pull_image
 from snapfs.image.registry.push import push_image
 from snapfs.mediatypes import DOCKER_MANIFEST, DOCKER_MANIFEST_LIST, OCI_INDEX
+from snapfs.platforms import Platform
 
 AMD64, ARM64 = Platform("linux", "amd64"), Platform("linux", "arm64", "v8")
 

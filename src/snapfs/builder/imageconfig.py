@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from snapfs.frontend import instructions as ins
 from snapfs.frontend.values import parse_port
+from snapfs.platforms import Platform
 
 DEFAULT_SHELL = ("/bin/sh", "-c")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -51,15 +52,14 @@ class StageConfig:
         return self.inner.get("User") or ""
 
 
-def start_stage(base_config: dict, *, platform: tuple[str, str, str]) -> StageConfig:
+def start_stage(base_config: dict, *, platform: Platform) -> StageConfig:
     """A stage's config starts as its base image's, without history or diff_ids (added back when written)."""
     cfg = copy.deepcopy(base_config)
     cfg.setdefault("config", {})
-    os_, arch, variant = platform
-    cfg.setdefault("os", os_)
-    cfg.setdefault("architecture", arch)
-    if variant and not cfg.get("variant"):
-        cfg["variant"] = variant
+    cfg.setdefault("os", platform.os)
+    cfg.setdefault("architecture", platform.architecture)
+    if platform.variant and not cfg.get("variant"):
+        cfg["variant"] = platform.variant
     # A base without PATH (scratch included) gets Docker's default one, after its own variables, as buildah 1.28
     # does (Kaniko adds it only to a base without any Env). No WorkingDir is added: FROM scratch leaves it empty,
     # as buildah and Kaniko do (BuildKit writes "/").

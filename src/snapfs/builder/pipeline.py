@@ -20,11 +20,12 @@ from snapfs.errors import BuildError, InputError, SnapfsError, UsageError
 from snapfs.frontend.dockerignore import load_dockerignore
 from snapfs.frontend.plan import Plan, expand_instruction, onbuild_instructions, plan_build, stage_scope
 from snapfs.image.blobstore import BlobStore
-from snapfs.image.model import Image, Layer, canonical_json, convert, empty_image, parse_platform
+from snapfs.image.model import Image, Layer, canonical_json, convert, empty_image
 from snapfs.image.reference import Reference
 from snapfs.image.registry.client import RegistryClient, RegistryOptions
 from snapfs.image.transports import OutputOptions, check_destinations, is_local_spec, load_image, write_outputs
 from snapfs.mediatypes import DOCKER_MANIFEST, OCI_MANIFEST
+from snapfs.platforms import Platform
 from snapfs.redact import redact_url
 from . import stage as executor, imageconfig, incontainer, stageroot
 from .copier import Source
@@ -257,20 +258,17 @@ class _Builder:
         timings = [t for i in self.plan.needed for t in self.stages[i].state.timings]
         return image, target.state.layers, timings, mount_from
 
-    def _platform(self, stage) -> tuple[str, str, str]:
-        text = stage.platform or str(self.plan.target_platform)
-        p = parse_platform(text)
-        return p.os, p.architecture, p.variant
+    def _platform(self, stage) -> Platform:
+        """The stage's ``FROM --platform`` (expanded), else the build's target platform."""
+        return Platform.parse(stage.platform) if stage.platform else self.plan.target_platform
 
     def _base(self, stage) -> tuple[Image, Reference | None]:
         if stage.base_stage is not None:
             return self.stages[stage.base_stage].image, None
         if stage.base.lower() == "scratch":
-            return empty_image(parse_platform(stage.platform or str(self.plan.target_platform)),
-                               oci=self.o.image_format == "oci"), None
-        platform = parse_platform(stage.platform) if stage.platform else parse_platform(str(self.plan.target_platform))
+            return empty_image(self._platform(stage), oci=self.o.image_format == "oci"), None
         return load_image(stage.base, store=self.store, client=None if is_local_spec(stage.base) else self.client(),
-                          platform=platform)
+                          platform=self._platform(stage))
 
     def _build_stage(self, index: int) -> _Stage:
         stage = self.plan.stages[index]

@@ -15,7 +15,7 @@ import tempfile
 from snapfs.errors import UsageError
 from snapfs.image.blobstore import BlobStore
 from snapfs.image.layout import write_layout
-from snapfs.image.model import parse_platform
+from snapfs.platforms import Platform
 from snapfs.image.reference import parse_reference, split_registry_spec
 from snapfs.image.registry.client import RegistryClient, RegistryOptions
 from snapfs.image.registry.pull import pull_image
@@ -131,7 +131,7 @@ def _logging(args: argparse.Namespace) -> None:
 def _cmd_pull(args: argparse.Namespace) -> int:
     _logging(args)
     ref = parse_reference(args.ref)
-    platform = parse_platform(args.platform) if args.platform else None
+    platform = Platform.parse(args.platform) if args.platform else None
     # With no cache the layout itself is the blob store: blobs land once, directly where they belong.
     # A cache is private like the builder's (0700); a layout written in place is the user's and keeps the umask.
     store = BlobStore(args.cache_dir, private=True) if args.cache_dir else BlobStore(args.oci_layout)

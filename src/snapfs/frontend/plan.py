@@ -13,13 +13,13 @@ name; ``--build-arg`` overrides ARG defaults; an ARG without a default inherits 
 from __future__ import annotations
 
 import functools
-import platform as _host
 import re
 from collections.abc import Mapping, Sequence
 from collections import ChainMap
 from dataclasses import dataclass, field, replace
 
 from snapfs.errors import DockerfileError
+from snapfs.platforms import Platform
 from .instructions import (Add, Arg, Copy, Env, Expose, From, InlineFile, Instruction, Label, Run, StopSignal, User,
                            Volume, Workdir, parse_instruction, parse_instructions)
 from .shellwords import Lexer
@@ -31,37 +31,6 @@ PROXY_ARGS = ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PRO
 PLATFORM_ARGS = ("BUILDPLATFORM", "BUILDOS", "BUILDARCH", "BUILDVARIANT", "TARGETPLATFORM", "TARGETOS",
                  "TARGETARCH", "TARGETVARIANT")
 MAX_SCOPE_CHARS = 8 << 20  # all ARG and ENV values of one stage together
-
-_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm/v7",
-         "armv6l": "arm/v6", "i386": "386", "i686": "386", "ppc64le": "ppc64le", "s390x": "s390x",
-         "riscv64": "riscv64"}
-
-
-@dataclass(frozen=True, slots=True)
-class Platform:
-    os: str
-    arch: str
-    variant: str = ""
-
-    def __str__(self) -> str:
-        return "/".join(p for p in (self.os, self.arch, self.variant) if p)
-
-    @classmethod
-    def parse(cls, text: str) -> Platform:
-        parts = text.strip().lower().split("/")
-        if len(parts) == 1 and parts[0] and parts[0] in _ARCH.values():
-            parts = ["linux", *parts]
-        if not 2 <= len(parts) <= 3 or not all(parts):
-            raise DockerfileError(f'invalid platform "{text}" (expected os/arch[/variant])', file="--platform")
-        return cls(*parts)
-
-    @classmethod
-    def host(cls) -> Platform:
-        return cls.parse("linux/" + _ARCH.get(_host.machine().lower(), _host.machine().lower() or "amd64"))
-
-    def args(self, prefix: str) -> dict[str, str]:
-        return {f"{prefix}PLATFORM": str(self), f"{prefix}OS": self.os, f"{prefix}ARCH": self.arch,
-                f"{prefix}VARIANT": self.variant}
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +73,7 @@ class Plan:
         return None
 
     def global_args(self) -> dict[str, str]:
-        out = {**self.target_platform.args("TARGET"), **self.build_platform.args("BUILD")}
+        out = {**_platform_args(self.target_platform, "TARGET"), **_platform_args(self.build_platform, "BUILD")}
         out.update((k, v) for k, v in self.meta_args if v is not None)
         return out
 
@@ -225,7 +194,7 @@ def plan_build(source: Dockerfile | str | bytes, *, build_args: Mapping[str, str
     lexer = Lexer(escape=df.escape)
 
     # Meta ARGs: every ARG before the first FROM, expanded with the platform ARGs and earlier meta ARGs.
-    glob: dict[str, str] = {**tp.args("TARGET"), **bp.args("BUILD")}
+    glob: dict[str, str] = {**_platform_args(tp, "TARGET"), **_platform_args(bp, "BUILD")}
     meta: list[tuple[str, str | None]] = []
     pos = 0
     while pos < len(instructions) and isinstance(instructions[pos], Arg):
@@ -312,6 +281,12 @@ def _platform(value: str | Platform | None) -> Platform | None:
     if value is None or isinstance(value, Platform):
         return value
     return Platform.parse(value)
+
+
+def _platform_args(p: Platform, prefix: str) -> dict[str, str]:
+    """BuildKit's predefined ``TARGETPLATFORM``/``TARGETOS``/... (or ``BUILD...``) ARGs for a platform."""
+    return {f"{prefix}PLATFORM": str(p), f"{prefix}OS": p.os, f"{prefix}ARCH": p.architecture,
+            f"{prefix}VARIANT": p.variant}
 
 
 def _at(ins: Instruction, file: str, message: str) -> DockerfileError:
@@ -559,6 +534,6 @@ def onbuild_instructions(triggers: Sequence[str], *, escape: str = "\\",
     return tuple(out)
 
 
-__all__ = ["PLATFORM_ARGS", "PROXY_ARGS", "Plan", "Platform", "Scope", "Stage", "Step",
+__all__ = ["PLATFORM_ARGS", "PROXY_ARGS", "Plan", "Scope", "Stage", "Step",
            "expand_instruction", "expand_plan", "expand_stage", "onbuild_instructions", "plan_build",
            "stage_scope"]

@@ -15,9 +15,10 @@ from typing import Iterator
 
 from snapfs.errors import InputError
 from snapfs.mediatypes import INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX
+from snapfs.platforms import Platform
 from .blobstore import BlobStore, file_digest, uncompressed_digest
 from .model import (ANNOTATION_REF_NAME, MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Descriptor, Image, Index, Manifest,
-                    Platform, canonical_json, host_platform, image_from_manifest, sniff_media_type)
+                    canonical_json, image_from_manifest, sniff_media_type)
 
 LAYOUT_FILE = "oci-layout"
 INDEX_FILE = "index.json"
@@ -111,7 +112,7 @@ def _pick(path: str, store: BlobStore, descs: tuple[Descriptor, ...], *, ref_nam
     if not candidates:
         raise InputError(f"{path}: the layout holds no image")
     if len(candidates) > 1:
-        want = platform or host_platform()
+        want = platform or Platform.host()
         matching = [d for d in candidates if d.platform is not None and want.matches(d.platform)]
         if not matching:
             raise InputError(f"{path}: {len(candidates)} images in the layout and none for {want}; "
@@ -121,7 +122,7 @@ def _pick(path: str, store: BlobStore, descs: tuple[Descriptor, ...], *, ref_nam
     if chosen.media_type in INDEX_TYPES:
         data = store.read_bytes(chosen.digest, limit=MAX_MANIFEST_BYTES, what="image index")
         nested = Index.from_bytes(data)
-        return _pick(path, store, nested.manifests, ref_name=None, platform=platform or host_platform(),
+        return _pick(path, store, nested.manifests, ref_name=None, platform=platform or Platform.host(),
                      depth=depth + 1)
     return chosen
 

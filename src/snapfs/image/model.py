@@ -1,4 +1,4 @@
-"""The OCI / Docker image model: media types, descriptors, manifests, indexes, platforms and images. No IO.
+"""The OCI / Docker image model: descriptors, manifests, indexes and images (platforms: ``snapfs.platforms``). No IO.
 
 An ``Image`` is a small read-only value: the config bytes, the manifest media type and a tuple of ``Layer``s
 (each a blob file on disk with its digest, diff_id, size and media type). Changing an image returns a new one
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform as _platform
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -18,6 +17,7 @@ from snapfs.errors import InputError
 from snapfs.mediatypes import (DOCKER_CONFIG, DOCKER_LAYER_GZIP, DOCKER_MANIFEST, INDEX_TYPES, LAYER_TYPES,
                                MANIFEST_TYPES, OCI_CONFIG, OCI_INDEX, OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD,
                                OCI_MANIFEST)
+from snapfs.platforms import Platform
 from .reference import validate_digest
 
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
@@ -51,61 +51,6 @@ def _load_document(data: bytes, what: str) -> dict:
     if "layers" in obj and "manifests" in obj:
         raise InputError(f'{what} is ambiguous: it holds both "layers" and "manifests"')
     return obj
-
-
-# --------------------------------------------------------------------------------------------- platforms
-
-_ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "i386": "386", "i686": "386",
-                 "armv7l": "arm", "armv6l": "arm", "ppc64le": "ppc64le", "s390x": "s390x", "riscv64": "riscv64"}
-
-
-@dataclass(frozen=True)
-class Platform:
-    os: str
-    architecture: str
-    variant: str = ""
-    os_version: str = ""
-
-    def __str__(self) -> str:
-        return "/".join(p for p in (self.os, self.architecture, self.variant) if p)
-
-    def matches(self, other: Platform) -> bool:
-        """Does ``other`` (a candidate from an index) satisfy this wanted platform?"""
-        if self.os != other.os or self.architecture != other.architecture:
-            return False
-        if not self.variant or self.variant == other.variant:
-            return True
-        # arm64's only variant is v8: an index that leaves it out means the same thing.
-        return self.architecture == "arm64" and {self.variant, other.variant} <= {"", "v8"}
-
-    def to_json(self) -> dict:
-        out = {"os": self.os, "architecture": self.architecture}
-        if self.variant:
-            out["variant"] = self.variant
-        if self.os_version:
-            out["os.version"] = self.os_version
-        return out
-
-    @classmethod
-    def from_json(cls, obj: Mapping) -> Platform:
-        return cls(os=str(obj.get("os", "")), architecture=str(obj.get("architecture", "")),
-                   variant=str(obj.get("variant", "") or ""), os_version=str(obj.get("os.version", "") or ""))
-
-
-def parse_platform(text: str) -> Platform:
-    """``os/arch[/variant]`` (e.g. ``linux/arm64/v8``); architecture aliases are normalised."""
-    parts = text.strip().split("/")
-    if len(parts) not in (2, 3) or not all(parts):
-        raise InputError(f"invalid platform {text!r}: expected os/arch[/variant]")
-    arch = _ARCH_ALIASES.get(parts[1].lower(), parts[1].lower())
-    return Platform(os=parts[0].lower(), architecture=arch, variant=parts[2].lower() if len(parts) == 3 else "")
-
-
-def host_platform() -> Platform:
-    machine = _platform.machine().lower()
-    arch = _ARCH_ALIASES.get(machine, machine)
-    variant = {"armv7l": "v7", "armv6l": "v6", "aarch64": "v8", "arm64": "v8"}.get(machine, "")
-    return Platform(os="linux", architecture=arch, variant=variant)
 
 
 # ------------------------------------------------------------------------------------ descriptors, manifests
@@ -332,7 +277,7 @@ def image_from_manifest(manifest_bytes: bytes, config_bytes: bytes, *, blob_path
 
 def empty_image(platform: Platform | None = None, *, oci: bool = True) -> Image:
     """``FROM scratch``: no layers, a minimal config for ``platform`` (default: the host)."""
-    plat = platform or host_platform()
+    plat = platform or Platform.host()
     cfg: dict[str, Any] = {"architecture": plat.architecture, "os": plat.os, "config": {},
                            "rootfs": {"type": "layers", "diff_ids": []}}
     if plat.variant:

@@ -22,7 +22,8 @@ from snapfs.image.registry.pull import pull_image
 from snapfs.image.registry.push import check_push_access, push_image
 from .blobstore import BlobStore
 from .layout import atomic_write, read_layout, split_layout_spec, write_layout
-from .model import Image, Platform
+from snapfs.platforms import Platform
+from .model import Image
 from .reference import Reference, parse_reference
 from .tarball import read_tarball, write_tarball
 

@@ -14,10 +14,11 @@ import httpx
 
 from snapfs.errors import InputError, RegistryError
 from snapfs.image.blobstore import BlobMismatch, BlobStore
-from snapfs.image.model import (MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Image, Index, Layer, Manifest, Platform,
-                                host_platform, image_from_manifest, sha256_digest, sniff_media_type)
+from snapfs.image.model import (MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Image, Index, Layer, Manifest,
+                                image_from_manifest, sha256_digest, sniff_media_type)
 from snapfs.image.reference import DEFAULT_REGISTRY, Reference, split_registry_spec, validate_digest
 from snapfs.mediatypes import INDEX_TYPES, MANIFEST_ACCEPT, MANIFEST_TYPES
+from snapfs.platforms import Platform
 from .client import (RegistryClient, RegistryConnectionError, RegistryHTTPError, describe_transport_error, pull_scope,
                      read_limited, run_parallel)
 
@@ -47,7 +48,7 @@ def pull_image(client: RegistryClient, ref: Reference, store: BlobStore, *,
                platform: Platform | None = None) -> Image:
     """Pull ``ref`` for ``platform`` (default: the host) into ``store``; the returned Image's layers are files
     in ``store``. Retried as a whole ``image_download_retry`` more times on transient failures."""
-    want = platform or host_platform()
+    want = platform or Platform.host()
     attempts = client.options.image_download_retry + 1
     started = time.monotonic()
     for attempt in range(attempts):
