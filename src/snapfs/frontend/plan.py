@@ -532,8 +532,10 @@ def expand_stage(plan: Plan, index: int, *, base_env: Sequence[tuple[str, str]] 
 
 
 def expand_plan(plan: Plan) -> dict[int, tuple[Step, ...]]:
-    """Expand the needed stages with empty base-image Env (what ``snapfs parse`` shows); a stage built FROM
-    another stage inherits that stage's Env, as in Docker."""
+    """Expand the needed stages as the builder does (same ``stage_scope`` and ``expand_instruction``), but with
+    no base image config: what ``snapfs parse`` shows. A base image's Env is taken as empty and its ONBUILD
+    triggers (also an earlier stage's, which the builder reads from that stage's image config) are not shown;
+    a stage built FROM another stage inherits that stage's Env and ARG values, as in the build."""
     out: dict[int, tuple[Step, ...]] = {}
     final: dict[int, Scope] = {}
     for index in plan.needed:
