@@ -7,18 +7,50 @@ from __future__ import annotations
 
 
 class SnapfsError(Exception):
-    """Base class: a one-line message for the user and a process exit code."""
+    """Base class: a one-line message for the user and a process exit code.
+
+    ``detail`` is what went wrong; the optional context fields say where: a Dockerfile location (``file``,
+    ``line``, ``column``) and, during a build, the step (``step`` of ``total``, running ``instruction``).
+    ``message`` is the one line the CLI prints, formatted from both in one place (:meth:`message`), so no
+    caller prepends or strips locations by hand.
+    """
 
     exit_code = 1
 
-    def __init__(self, message: str, *, exit_code: int | None = None) -> None:
+    def __init__(self, message: str, *, exit_code: int | None = None, file: str | None = None, line: int = 0,
+                 column: int = 0, step: int = 0, total: int = 0, instruction: str | None = None) -> None:
         super().__init__(message)
+        self.detail = message
+        self.file, self.line, self.column = file, line, column
+        self.step, self.total, self.instruction = step, total, instruction
         if exit_code is not None:
             self.exit_code = exit_code
 
+    def with_context(self, **fields) -> SnapfsError:
+        """This error (same class, same exit code) with more context fields set; returns ``self``."""
+        for name, value in fields.items():
+            if name not in _CONTEXT:
+                raise TypeError(f"unknown error context field {name!r}")
+            setattr(self, name, value)
+        return self
+
     @property
     def message(self) -> str:
-        return str(self.args[0]) if self.args else self.__class__.__name__
+        """The user-facing line: ``step N/M (KW at FILE:LINE): ...``, ``FILE:LINE:COL: ...`` or ``FILE: ...``."""
+        detail = self.detail if self.detail is not None else self.__class__.__name__
+        if self.step:
+            return f"step {self.step}/{self.total} ({self.instruction} at {self.file}:{self.line}): {detail}"
+        if self.file and self.line:
+            return f"{self.file}:{self.line}:{self.column}: {detail}"
+        if self.file:
+            return f"{self.file}: {detail}"
+        return detail
+
+    def __str__(self) -> str:
+        return self.message
+
+
+_CONTEXT = frozenset({"detail", "file", "line", "column", "step", "total", "instruction"})
 
 
 class UsageError(SnapfsError):
@@ -61,9 +93,7 @@ class DockerfileError(SnapfsError):
     exit_code = 7
 
     def __init__(self, message: str, *, file: str = "Dockerfile", line: int = 0, column: int = 0) -> None:
-        self.file, self.line, self.column = file, line, column
-        where = f"{file}:{line}:{column}" if line else file
-        super().__init__(f"{where}: {message}")
+        super().__init__(message, file=file, line=line, column=column)
 
 
 class BuildError(SnapfsError):

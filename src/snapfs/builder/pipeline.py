@@ -304,17 +304,13 @@ class _Builder:
             try:
                 timing = runner.step(instruction, scope, scope_after, index=self.step_no)
             except SnapfsError as exc:
-                node = instruction.node
                 full = lifecycle.full_hint([self.scratch, self.cache_dir])  # a RUN that filled the disk
-                raise BuildError(f"step {self.step_no}/{self.total} ({node.keyword} at {self.plan.file}:"
-                                 f"{node.start_line}): {imageconfig.json_safe(redact_url(exc.message))}{full}",
-                                 exit_code=exc.exit_code) from None
+                raise self._step_failed(instruction, imageconfig.json_safe(redact_url(exc.message)) + full,
+                                        exit_code=exc.exit_code) from None
             except OSError as exc:  # the disk, not the Dockerfile: still one line that names the step
-                node = instruction.node
                 full = lifecycle.full_place(exc, [self.scratch, self.cache_dir])
                 where = f": {exc.filename}" if exc.filename else f": {full}" if full else ""
-                raise BuildError(f"step {self.step_no}/{self.total} ({node.keyword} at {self.plan.file}:"
-                                 f"{node.start_line}): {exc.strerror or exc}{where}") from None
+                raise self._step_failed(instruction, f"{exc.strerror or exc}{where}") from None
             state.timings.append(timing)
             _step_done(timing, time.perf_counter() - t)
             scope = scope_after
@@ -326,6 +322,14 @@ class _Builder:
         media = OCI_MANIFEST if self.o.image_format == "oci" else DOCKER_MANIFEST
         result.image = Image(canonical_json(config), tuple(base.layers) + tuple(state.layers), media)
         return result
+
+    def _step_failed(self, instruction, detail: str, *, exit_code: int | None = None) -> BuildError:
+        """A step's failure as a BuildError whose context fields name the step; the lower error's exit code
+        is kept. The location is the step's instruction (the lower error's own location, if any, is part of
+        ``detail``): SnapfsError.message formats the line."""
+        node = instruction.node
+        return BuildError(detail, exit_code=exit_code, file=self.plan.file, line=node.start_line,
+                          column=node.column, step=self.step_no, total=self.total, instruction=node.keyword)
 
     def _stage_root(self, index: int, stage, base: Image) -> stageroot.StageRoot:
         """Overlay over the cached base (or over the parent stage) when mounts work; else unpack."""

@@ -1,4 +1,8 @@
-"""``snapfs parse DOCKERFILE``: show the typed instructions of each stage and which stages a target needs."""
+"""``snapfs parse DOCKERFILE``: show the typed instructions of each stage and which stages a target needs.
+
+Needed stages are expanded through ``frontend.plan.expand_plan``, the builder's own expansion path and scope
+rules; without a base image to pull, a base's Env is empty and its ONBUILD triggers are not run.
+"""
 from __future__ import annotations
 
 import argparse

@@ -182,8 +182,7 @@ Instruction = Union[From, Run, Cmd, Entrypoint, Shell, Label, Env, Arg, Maintain
 
 def located(exc: DockerfileError, node: Node, file: str) -> DockerfileError:
     """Attach a location to an error raised by a value parser or the shell lexer."""
-    detail = getattr(exc, "detail", None) or exc.message
-    return DockerfileError(detail, file=file, line=node.start_line, column=node.column)
+    return DockerfileError(exc.detail, file=file, line=node.start_line, column=node.column)
 
 
 def parse_dockerfile(text: str | bytes, *, file: str = "Dockerfile") -> tuple[Dockerfile, tuple[Instruction, ...]]:

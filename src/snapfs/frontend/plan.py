@@ -173,8 +173,8 @@ def _readable_errors(fn):
         try:
             return fn(*args, **kw)
         except DockerfileError as exc:
-            if exc.args and isinstance(exc.args[0], str):
-                exc.args = (_SURROGATE.sub("\ufffd", exc.args[0]), *exc.args[1:])
+            exc.with_context(detail=_SURROGATE.sub("\ufffd", exc.detail),
+                             file=_SURROGATE.sub("\ufffd", exc.file) if exc.file else exc.file)
             raise
     return wrapper
 
@@ -297,7 +297,7 @@ def _word(text: str, env: Mapping[str, str], lexer: Lexer, ins: Instruction, fil
     try:
         return lexer.word(text, env)
     except DockerfileError as exc:
-        raise _at(ins, file, getattr(exc, "detail", exc.message)) from None
+        raise _at(ins, file, exc.detail) from None
 
 
 def _stage_ref(ins: Instruction, scope: Scope, lexer: Lexer, file: str) -> list[str]:
@@ -391,7 +391,7 @@ def expand_instruction(ins: Instruction, scope: Scope, *, escape: str = "\\",
         try:
             fn(value)
         except DockerfileError as exc:
-            raise _at(ins, file, getattr(exc, "detail", exc.message)) from None
+            raise _at(ins, file, exc.detail) from None
 
     if isinstance(ins, Env):
         pairs = tuple((word(k), word(v)) for k, v in ins.pairs)
@@ -402,7 +402,7 @@ def expand_instruction(ins: Instruction, scope: Scope, *, escape: str = "\\",
         try:
             return expanded, scope.with_args(expanded.pairs, required=ins.required)
         except DockerfileError as exc:
-            raise _at(ins, file, exc.message.split(": ", 1)[-1]) from None
+            raise _at(ins, file, exc.detail) from None
     if isinstance(ins, Label):
         pairs = tuple((word(k), word(v)) for k, v in ins.pairs)
         return replace(ins, pairs=pairs), scope
@@ -425,7 +425,7 @@ def expand_instruction(ins: Instruction, scope: Scope, *, escape: str = "\\",
             try:
                 ports.extend(lexer.words(port, env))
             except DockerfileError as exc:
-                raise _at(ins, file, getattr(exc, "detail", exc.message)) from None
+                raise _at(ins, file, exc.detail) from None
         for port in ports:
             check(parse_port, port)
         return replace(ins, ports=tuple(ports)), scope
@@ -446,7 +446,7 @@ def expand_instruction(ins: Instruction, scope: Scope, *, escape: str = "\\",
         try:
             mounts = tuple(parse_mount(spec, expand=word) for spec in ins.mount_specs)
         except DockerfileError as exc:
-            raise _at(ins, file, getattr(exc, "detail", exc.message)) from None
+            raise _at(ins, file, exc.detail) from None
         return replace(ins, mounts=mounts), scope
     return ins, scope  # RUN, CMD, ENTRYPOINT, SHELL, HEALTHCHECK, MAINTAINER, ONBUILD: not expanded
 
@@ -455,7 +455,7 @@ def _scoped(fn, pairs, ins: Instruction, file: str) -> Scope:
     try:
         return fn(pairs)
     except DockerfileError as exc:
-        raise _at(ins, file, exc.message.split(": ", 1)[-1]) from None
+        raise _at(ins, file, exc.detail) from None
 
 
 def _no_blank(ins: Instruction, file: str, pairs) -> None:
@@ -480,7 +480,7 @@ def _expand_inline(f: InlineFile, env: Mapping[str, str], escape: str, ins: Inst
     try:
         return replace(f, data=lexer.word(f.data, env))
     except DockerfileError as exc:
-        raise _at(ins, file, getattr(exc, "detail", exc.message)) from None
+        raise _at(ins, file, exc.detail) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -507,8 +507,10 @@ def expand_stage(plan: Plan, index: int, *, base_env: Sequence[tuple[str, str]] 
 
 
 def expand_plan(plan: Plan) -> dict[int, tuple[Step, ...]]:
-    """Expand the needed stages with empty base-image Env (what ``snapfs parse`` shows); a stage built FROM
-    another stage inherits that stage's Env, as in Docker."""
+    """Expand the needed stages as the builder does (same ``stage_scope`` and ``expand_instruction``), but with
+    no base image config: what ``snapfs parse`` shows. A base image's Env is taken as empty and its ONBUILD
+    triggers (also an earlier stage's, which the builder reads from that stage's image config) are not shown;
+    a stage built FROM another stage inherits that stage's Env and ARG values, as in the build."""
     out: dict[int, tuple[Step, ...]] = {}
     final: dict[int, Scope] = {}
     for index in plan.needed:

@@ -37,9 +37,7 @@ class ExpansionError(DockerfileError):
     """A word that cannot be expanded; the planner re-raises it with the instruction's location."""
 
     def __init__(self, detail: str) -> None:
-        self.detail = detail
-        self.file, self.line, self.column = "", 0, 0
-        SnapfsError.__init__(self, detail)
+        SnapfsError.__init__(self, detail)  # no location yet: the planner adds the instruction's
 
 
 @dataclass(frozen=True, slots=True)

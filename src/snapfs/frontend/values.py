@@ -15,9 +15,8 @@ class Invalid(DockerfileError):
     """A value that does not parse; ``offset`` is a hint for the column within the instruction."""
 
     def __init__(self, detail: str, *, offset: int = 0) -> None:
-        self.detail, self.offset = detail, offset
-        self.file, self.line, self.column = "", 0, 0
-        SnapfsError.__init__(self, detail)
+        self.offset = offset
+        SnapfsError.__init__(self, detail)  # no location yet: the instruction parser adds it
 
 
 # -- EXPOSE -------------------------------------------------------------------------------------------------------
