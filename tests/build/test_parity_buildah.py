@@ -75,6 +75,13 @@ def test_same_as_buildah(name, expect, run_build, buildah, tmp_path, monkeypatch
         with open(os.path.join(ctx, "Dockerfile"), "w") as f:
             f.write(dockerfile)
         r = buildah.bud(ctx, tag, build=spec, secret_files=secret_files)
+        if r.returncode and ours_error is None:
+            # The reference flakes: buildah's chroot RUN failed once in ~2,000 builds here ("exit status 1" for
+            # `echo $W > /w`, passing on every rerun). One retry tells that from a real refusal, which repeats.
+            first = (r.stderr.strip().splitlines() or ["failed"])[-1]
+            r = buildah.bud(ctx, tag, build=spec, secret_files=secret_files)
+            if r.returncode == 0:
+                print(f"{name}: buildah failed once ({first}) and built on the retry")
     try:
         if ours_error is not None or r.returncode:
             theirs_error = (r.stderr.strip().splitlines() or ["failed"])[-1] if r.returncode else None
