@@ -9,6 +9,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from snapfs.builder import incontainer as ic
 from snapfs.engine import snapshot
 from snapfs.errors import BuildError, NotSupportedError, UsageError
 from snapfs.run import direct
-from snapfs.run.sandbox import DEFAULT_PATH, Mount, RunSpec
+from snapfs.run.sandbox import DEFAULT_PATH, Mount, RunSpec, isolation_available
 
 ROOT_ONLY = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 NEEDS_BUSYBOX = pytest.mark.skipif(not busybox_available(), reason="needs root and /bin/busybox")
@@ -607,3 +608,57 @@ def test_in_a_default_pod_isolation_is_unavailable_and_run_direct_works(root, tm
     assert code == 0
     assert "s3cret" not in out and "dXNlcjpz" not in out and "SNAPFS_DOCKER_CONFIG_JSON" not in out
     assert "Permission denied" in err or "Operation not permitted" in err
+
+
+SIGNAL_AT_START = """
+import os, signal, sys
+sys.path.insert(0, {src!r})
+from snapfs.engine import lifecycle
+from snapfs.run import direct, sandbox
+from snapfs.run.sandbox import RunSpec
+
+lifecycle.handle_signals()
+real = {patch}
+
+def late(*args, **kwargs):
+    proc = real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGTERM)  # before the caller has the pid: a loaded machine's worst case
+    return proc
+
+{install}
+try:
+    {run}(RunSpec(root={root!r}, argv=("/bin/sleep", "1234")))
+    print("finished")
+except lifecycle.Interrupted as exc:
+    print("interrupted", exc.signo)
+me = str(os.getpid())
+children = []
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        fields = open(f"/proc/{{pid}}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        continue
+    if fields[1] == me:
+        children.append((pid, fields[0]))
+print(children)
+"""
+
+
+@NEEDS_BUSYBOX
+@pytest.mark.parametrize("where", ["direct", "sandbox"])
+def test_a_signal_while_the_step_starts_still_ends_it(root, where):
+    """The signal of a kill can land after the step's process exists but before the builder holds its pid (the
+    CI flake: the build said "interrupted" and its step kept the output pipe open). The step must still end."""
+    if where == "direct":
+        patch, install, run = "direct._popen_without_caps", "direct._popen_without_caps = late", "direct.run_direct"
+    else:
+        if not isolation_available():
+            pytest.skip("needs mount and PID namespaces")
+        patch = "sandbox.subprocess.Popen"
+        install = ("import types; "
+                   "sandbox.subprocess = types.SimpleNamespace(**{**vars(sandbox.subprocess), 'Popen': late})")
+        run = "sandbox.run"
+    script = SIGNAL_AT_START.format(src=SRC, root=root, patch=patch, install=install, run=run)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"interrupted {int(signal.SIGTERM)}\n[]\n", done.stdout + done.stderr

@@ -23,6 +23,7 @@ import time
 from typing import IO, Any, Callable
 
 from snapfs.engine.libc import libc
+from snapfs.engine.lifecycle import shielded
 from snapfs.engine.rootfs import split_path
 from snapfs.errors import BuildError, InputError, NotSupportedError, UsageError
 from .sandbox import pump_output, stream_target
@@ -153,22 +154,26 @@ def run_direct(spec, *, stdout: IO[Any] | None = None, stderr: IO[Any] | None = 
         kwargs.update(cwd=workdir, umask=0o022, user=user.uid, group=user.gid, extra_groups=list(user.groups))
     else:
         kwargs.update(preexec_fn=functools.partial(_enter, root, workdir, user.uid, user.gid, user.groups))
+    proc = None
     try:
-        proc = _popen_without_caps(list(spec.argv), kwargs)
-    except FileNotFoundError:
-        where = "executable file not found in $PATH" if "/" not in spec.argv[0] else "no such file or directory"
-        return _failed(spec, stderr, f"snapfs: exec {spec.argv[0]!r}: {where}", 127, started)
-    except PermissionError:
-        return _failed(spec, stderr, f"snapfs: exec {spec.argv[0]!r}: permission denied", 126, started)
-    except subprocess.SubprocessError as exc:  # the preexec step failed (chroot, chdir, setuid)
-        raise BuildError(f"RUN {_show(spec.argv)}: setting up the step: {exc}") from None
-    except OSError as exc:
-        return _failed(spec, stderr, f"snapfs: exec {spec.argv[0]!r}: {exc.strerror}", 126, started)
-    pumps = [threading.Thread(target=pump_output, args=(pipe, sink), daemon=True)
-             for pipe, sink in ((proc.stdout, out_sink), (proc.stderr, err_sink)) if pipe is not None]
-    for t in pumps:
-        t.start()
-    try:
+        # A signal while the step starts waits until its pid is known: the finally below must see it to kill the
+        # session (the step can already run, and hold our stdout, before Popen returns to this thread).
+        with shielded():
+            try:
+                proc = _popen_without_caps(list(spec.argv), kwargs)
+            except FileNotFoundError:
+                where = "executable file not found in $PATH" if "/" not in spec.argv[0] else "no such file or directory"
+                return _failed(spec, stderr, f"snapfs: exec {spec.argv[0]!r}: {where}", 127, started)
+            except PermissionError:
+                return _failed(spec, stderr, f"snapfs: exec {spec.argv[0]!r}: permission denied", 126, started)
+            except subprocess.SubprocessError as exc:  # the preexec step failed (chroot, chdir, setuid)
+                raise BuildError(f"RUN {_show(spec.argv)}: setting up the step: {exc}") from None
+            except OSError as exc:
+                return _failed(spec, stderr, f"snapfs: exec {spec.argv[0]!r}: {exc.strerror}", 126, started)
+        pumps = [threading.Thread(target=pump_output, args=(pipe, sink), daemon=True)
+                 for pipe, sink in ((proc.stdout, out_sink), (proc.stderr, err_sink)) if pipe is not None]
+        for t in pumps:
+            t.start()
         # Wait without reaping: while the leader is a zombie its pid (the session and group id) cannot be reused.
         while True:
             try:
@@ -177,9 +182,10 @@ def run_direct(spec, *, stdout: IO[Any] | None = None, stderr: IO[Any] | None = 
             except InterruptedError:
                 continue
     finally:
-        # The step is over when its command exits: whatever it left running goes too.
-        kill_session(proc.pid)
-        status = proc.wait()
+        if proc is not None:
+            # The step is over when its command exits: whatever it left running goes too.
+            kill_session(proc.pid)
+            status = proc.wait()
     for t in pumps:
         t.join(_PUMP_GRACE)  # a daemon that escaped the session may hold the pipe; do not wait for it forever
     code = 128 - status if status < 0 else status

@@ -45,7 +45,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from snapfs.engine.lifecycle import scratch_dir
+from snapfs.engine.lifecycle import scratch_dir, shielded
 from snapfs.engine.rootfs import RootFS, lstat_at, split_path
 from snapfs.errors import BuildError, InputError, UsageError
 from .users import resolve_user
@@ -199,20 +199,23 @@ def _spawn(payload: dict, created: list[dict], *, stdin: bool, stdout, stderr) -
     spec_r, spec_w = os.pipe()
     rep_r, rep_w = os.pipe()
     pumps: list[threading.Thread] = []
+    proc = None
     try:
-        out_arg, out_pump = stream_target(stdout)
-        err_arg, err_pump = stream_target(stderr)
-        proc = subprocess.Popen(
-            [sys.executable, "-I", "-c", _INIT, _PACKAGE_ROOT, str(spec_r), str(rep_w), str(os.getpid())],
-            env={}, cwd="/", pass_fds=(spec_r, rep_w), close_fds=True,
-            stdin=None if stdin else subprocess.DEVNULL, stdout=out_arg, stderr=err_arg)
-    except OSError as exc:
-        for fd in (spec_r, spec_w, rep_r, rep_w):
-            os.close(fd)
-        raise BuildError(f"cannot start the sandbox: {exc.strerror}") from None
-    os.close(spec_r)
-    os.close(rep_w)
-    try:
+        # A signal while the launcher starts waits until it is known, so that the handler below can end it.
+        with shielded():
+            try:
+                out_arg, out_pump = stream_target(stdout)
+                err_arg, err_pump = stream_target(stderr)
+                proc = subprocess.Popen(
+                    [sys.executable, "-I", "-c", _INIT, _PACKAGE_ROOT, str(spec_r), str(rep_w), str(os.getpid())],
+                    env={}, cwd="/", pass_fds=(spec_r, rep_w), close_fds=True,
+                    stdin=None if stdin else subprocess.DEVNULL, stdout=out_arg, stderr=err_arg)
+            except OSError as exc:
+                for fd in (spec_r, spec_w, rep_r, rep_w):
+                    os.close(fd)
+                raise BuildError(f"cannot start the sandbox: {exc.strerror}") from None
+            os.close(spec_r)
+            os.close(rep_w)
         for pipe, sink in ((proc.stdout, out_pump), (proc.stderr, err_pump)):
             if pipe is not None:
                 t = threading.Thread(target=pump_output, args=(pipe, sink), daemon=True)
@@ -237,8 +240,9 @@ def _spawn(payload: dict, created: list[dict], *, stdin: bool, stdout, stderr) -
             t.join()
     except BaseException:
         # The reaper has PDEATHSIG=SIGKILL: killing the launcher ends the whole step.
-        proc.kill()
-        proc.wait()
+        if proc is not None:
+            proc.kill()
+            proc.wait()
         raise
     if code < 0:  # the launcher itself was killed
         code = 128 - code
