@@ -266,10 +266,7 @@ class _Copy:
 
     def _excluded(self, child: str, base: str) -> bool:
         """--exclude patterns match relative to the source being copied (and to the source root)."""
-        if self.exclude is None:
-            return False
-        inner = child[len(base) + 1:] if base and child.startswith(base + "/") else child
-        return self.exclude.excluded(inner) or self.exclude.excluded(child)
+        return _excluded(self.exclude, child, base)
 
     def _listing(self, rel: str) -> list[str]:
         fd = self.sroot.open_dir(rel or ".")
@@ -427,3 +424,77 @@ def write_inline(dst: RootFS, target: str, data: bytes, *, owner: tuple[int, int
                 os.utime(out, ns=(mtime_ns, mtime_ns))
         finally:
             os.close(out)
+
+
+def source_table(src: Source, patterns: list[str], *, excludes: tuple[str, ...] = (),
+                 what: str = "COPY") -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """What a COPY of ``patterns`` from ``src`` reads, for its cache key: every entry (after wildcards,
+    ``.dockerignore`` and ``--exclude``) as (path, (type, mode, owner, size, content)). Content is the SHA-256
+    of a file's data, a symlink's target or a device's numbers; the owner is left out for the context, whose
+    files are always copied as 0:0. Same rules as :func:`copy`, whose walk this follows."""
+    exclude = parse_dockerignore("\n".join(excludes), file="--exclude") if excludes else None
+    out: list[tuple[str, tuple[str, ...]]] = []
+    with RootFS(src.root) as sroot:
+        matches = expand(sroot, src, patterns, exclude=exclude, what=what)
+        if not matches:
+            raise no_sources(patterns, src, what)
+        for m in matches:
+            st = _stat_followed(sroot, m.rel)
+            out.append((m.rel, _record(sroot, src, m.rel, st, followed=True)))
+            if not stat.S_ISDIR(st.st_mode):
+                continue
+            base, stack = m.rel, [m.rel]
+            while stack:
+                rel = stack.pop()
+                fd = sroot.open_dir(rel or ".")
+                try:
+                    names = sorted(os.listdir(fd))
+                finally:
+                    os.close(fd)
+                for name in names:
+                    child = f"{rel}/{name}" if rel else name
+                    skipped = _ignored(src, child) or _excluded(exclude, child, base)
+                    if skipped and (src.ignore is None or not src.ignore.may_descend(child)):
+                        continue
+                    if child.count("/") >= MAX_DEPTH:
+                        raise BuildError(f"{child[:200]}...: source tree nested deeper than {MAX_DEPTH} levels")
+                    cst = sroot.lstat(child)
+                    if cst is None:
+                        continue
+                    if stat.S_ISDIR(cst.st_mode):
+                        stack.append(child)
+                        if not skipped:
+                            out.append((child, _record(sroot, src, child, cst, followed=False)))
+                    elif not skipped:
+                        out.append((child, _record(sroot, src, child, cst, followed=False)))
+    return tuple(out)
+
+
+def _excluded(exclude: DockerIgnore | None, child: str, base: str) -> bool:
+    if exclude is None:
+        return False
+    inner = child[len(base) + 1:] if base and child.startswith(base + "/") else child
+    return exclude.excluded(inner) or exclude.excluded(child)
+
+
+def _record(sroot: RootFS, src: Source, rel: str, st: os.stat_result, *, followed: bool) -> tuple[str, ...]:
+    import hashlib
+
+    fmt = stat.S_IFMT(st.st_mode)
+    owner = "" if src.from_context else f"{st.st_uid}:{st.st_gid}"
+    size = str(st.st_size) if fmt == stat.S_IFREG else ""
+    content = ""
+    if fmt == stat.S_IFREG:
+        h = hashlib.sha256()
+        with sroot.at(rel, follow=followed) as (fd, name):
+            f = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        with os.fdopen(f, "rb") as fh:
+            while chunk := fh.read(_CHUNK):
+                h.update(chunk)
+        content = h.hexdigest()
+    elif fmt == stat.S_IFLNK:
+        with sroot.at(rel) as (fd, name):
+            content = os.readlink(name, dir_fd=fd)
+    elif fmt in (stat.S_IFBLK, stat.S_IFCHR):
+        content = f"{os.major(st.st_rdev)},{os.minor(st.st_rdev)}"
+    return (oct(fmt), oct(stat.S_IMODE(st.st_mode)), owner, size, content)

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
+from snapfs.cache.session import CacheOptions
 from snapfs.engine import lifecycle
 from snapfs.engine.compress import check_compression
 from snapfs.engine.layer import source_date_epoch
@@ -66,6 +67,7 @@ class BuildOptions:
     in_place: bool | None = None  # build over "/" like Kaniko (None: when running from the executor image)
     snapfs_dir: str = ""  # in-place mode: the builder's own directory, never snapshotted or cleaned
     cleanup: bool = False  # in-place mode: clean the root once the build is done
+    cache: CacheOptions = field(default_factory=CacheOptions)  # the layer cache (--cache, --cache-repo, ...)
 
 
 @dataclass(frozen=True)
@@ -119,6 +121,9 @@ def build(options: BuildOptions) -> BuildResult:
                            in_place=snapfs_dir if in_place else None, credentials=credentials)
         try:
             image, layers, timings, mount_from = builder.run()
+        except BaseException:
+            builder.close_cache(ok=False)
+            raise
         finally:
             with lifecycle.shielded():  # a signal now would leave stage roots mounted
                 builder.close_client()
@@ -127,7 +132,12 @@ def build(options: BuildOptions) -> BuildResult:
             with builder.client_for_push() as client:
                 digest = write_outputs(image, options.outputs, client=client, mount_from=mount_from)
         except OSError as exc:
+            builder.close_cache(ok=False)
             raise _full_disk(exc, [p for p in (options.outputs.oci_layout_path, options.outputs.tar_path) if p])
+        except BaseException:
+            builder.close_cache(ok=False)
+            raise
+        builder.close_cache(ok=True)  # waits for the cache stores still running (their blobs are in scratch)
         if in_place and options.cleanup:
             incontainer.clean_root("/", builder.keep)
         seconds = time.perf_counter() - t0
@@ -162,6 +172,11 @@ def _check(o: BuildOptions) -> None:
     check_compression(o.compression, o.compression_level)  # before any work, not when the first layer is written
     if not o.outputs.destinations and not o.outputs.no_push and not (o.outputs.tar_path or o.outputs.oci_layout_path):
         raise UsageError("no output: give --destination, --tar-path or --oci-layout-path (or --no-push)")
+    if o.cache.enabled and not o.cache.repo and not o.outputs.destinations:
+        raise UsageError("--cache needs --cache-repo (a registry repository or oci:DIR), or a --destination whose "
+                         "repository/cache it then uses")
+    if o.cache.ttl <= 0:
+        raise UsageError("--cache-ttl must be positive")
 
 
 def _context(o: BuildOptions, scratch: str):
@@ -205,6 +220,8 @@ class _Builder:
         self.layer_dir = os.path.join(scratch, "layers")
         os.makedirs(self.layer_dir, exist_ok=True)
         self._client: RegistryClient | None = None
+        self._cache_client: RegistryClient | None = None
+        self.step_cache = None  # a StepCache once the first stage starts, with --cache
         self.stages: dict[int, _Stage] = {}
         self.roots: dict[int, stageroot.StageRoot] = {}
         self.scopes: dict = {}  # each built stage's final scope: a child stage inherits its ARGs
@@ -235,6 +252,45 @@ class _Builder:
         if self._client is not None:
             self._client.close()
             self._client = None
+
+    def cache_for(self, platform: Platform):
+        """The build's layer cache (made on first use), or None without ``--cache`` or when it cannot work."""
+        c = self.o.cache
+        if not c.enabled:
+            return None
+        if self.step_cache is None:
+            from snapfs.cache.session import StepCache
+            from snapfs.cache.store import CacheError, open_store
+
+            if self.o.single_snapshot:
+                log.info("--cache has no effect with --single-snapshot: no layer per step to cache")
+                self.o = replace(self.o, cache=replace(c, enabled=False))
+                return None
+            repo = c.repo or f"{self.o.outputs.destinations[0].name}/cache"
+
+            def client() -> RegistryClient:
+                # The cache must never slow a build down much: fewer retries than for the image itself.
+                opts = replace(self.o.registry, request_retries=1, push_retry=0, image_download_retry=0)
+                self._cache_client = RegistryClient(opts, credentials=self.credentials)
+                return self._cache_client
+
+            try:
+                store = open_store(repo, client_factory=client, platform=platform)
+            except CacheError as exc:
+                raise UsageError(exc.message) from None
+            self.step_cache = StepCache(store, c, self.store, platform)
+            log.info("layer cache: %s", store.name)
+        return self.step_cache
+
+    def close_cache(self, *, ok: bool) -> None:
+        if self.step_cache is not None:
+            cache, self.step_cache = self.step_cache, None
+            try:
+                cache.close() if ok else cache.abandon()
+            finally:
+                if self._cache_client is not None:
+                    self._cache_client.close()
+                    self._cache_client = None
 
     def client_for_push(self):
         need = self.o.outputs.destinations and not self.o.outputs.no_push
@@ -297,12 +353,17 @@ class _Builder:
                            stage_source=self.stage_source, image_root=self.image_root,
                            filtered_context=self.filtered_context)
         runner = StepRunner(ctx, state)
-        for raw in todo:
+        cached = self._stage_cache(runner, stage, index, base, todo, scope)
+        for position, raw in enumerate(todo):
             instruction, scope_after = expand_instruction(raw, scope, escape=self.plan.escape, file=self.plan.file)
             self._announce(_describe(instruction))
             t = time.perf_counter()
             try:
-                timing = runner.step(instruction, scope, scope_after, index=self.step_no)
+                if cached is not None:
+                    timing = cached.step(instruction, scope, scope_after, index=self.step_no, position=position,
+                                         total=self.total, describe=_describe(instruction))
+                else:
+                    timing = runner.step(instruction, scope, scope_after, index=self.step_no)
             except SnapfsError as exc:
                 full = lifecycle.full_hint([self.scratch, self.cache_dir])  # a RUN that filled the disk
                 raise self._step_failed(instruction, imageconfig.json_safe(redact_url(exc.message)) + full,
@@ -322,6 +383,28 @@ class _Builder:
         media = OCI_MANIFEST if self.o.image_format == "oci" else DOCKER_MANIFEST
         result.image = Image(canonical_json(config), tuple(base.layers) + tuple(state.layers), media)
         return result
+
+    def _stage_cache(self, runner, stage, index: int, base: Image, todo: list, scope):
+        """With ``--cache``: the stage's view of the cache, every step's lookup already sent."""
+        cache = self.cache_for(self._platform(stage))
+        if cache is None:
+            return None
+        from .cachestep import StageCache
+
+        cached = StageCache(cache, runner=runner, stage_label=stage.name or str(index),
+                            platform=str(self._platform(stage)),
+                            base_chain=stageroot.chain_id([layer.diff_id for layer in base.layers]),
+                            copy_layers=self.o.cache.copy_layers, run_layers=self.o.cache.run_layers)
+        steps = []
+        try:
+            for raw in todo:
+                instruction, after = expand_instruction(raw, scope, escape=self.plan.escape, file=self.plan.file)
+                steps.append((instruction, scope))
+                scope = after
+        except SnapfsError:
+            pass  # the step itself reports it, in order
+        cached.prefetch(steps)
+        return cached
 
     def _step_failed(self, instruction, detail: str, *, exit_code: int | None = None) -> BuildError:
         """A step's failure as a BuildError whose context fields name the step; the lower error's exit code

@@ -131,6 +131,38 @@ def _snapshot_layer(state: StageState, opts: StageOptions, *, index: int, create
                       empty=False)
 
 
+def apply_cached(state: StageState, opts: StageOptions, layers, *, index: int, created_by: str) -> StepTiming:
+    """A cache hit: apply the stored layer (verified by the cache) to the stage root, as if the step had run,
+    and read the changed paths again so that the next step's diff starts from the same snapshot. A step whose
+    result was "no change" has no layer and leaves an empty-layer history entry, as it did when it ran."""
+    from snapfs.engine.apply import apply_layer
+
+    t0 = time.perf_counter()
+    if not layers:
+        state.config.history.append(imageconfig.history_entry(created_by, created=opts.created, empty_layer=True))
+        return StepTiming(index, created_by)
+    with RootFS(state.root) as root:
+        for layer in layers:
+            with open(layer.path, "rb") as f:
+                stats = apply_layer(f, root, keep=opts.ignore_paths)
+            if stats.diff_id != layer.diff_id:
+                raise BuildError(f"cached layer {layer.digest}: uncompressed content does not match its diff_id")
+    if state.upper:
+        paths, subtrees = upper_changes(state.upper)
+        touched = sorted(set(paths) | state.upper_seen)
+        state.upper_seen.update(touched)
+        state.snapshot = patch(state.snapshot, paths=touched, subtrees=subtrees, ignore=opts.ignore_paths,
+                               quiescent=True)
+    else:
+        state.snapshot = take(state.root, ignore=opts.ignore_paths, quiescent=True)
+    media = layer_media_type(opts.compression, oci=not opts.docker_media_types)
+    for layer in layers:
+        state.layers.append(Layer(layer.path, layer.digest, layer.diff_id, layer.size, media))
+    state.config.history.append(imageconfig.history_entry(created_by, created=opts.created, empty_layer=False))
+    size = sum(layer.size for layer in layers)
+    return StepTiming(index, created_by, snapshot=time.perf_counter() - t0, layer_size=size, empty=False)
+
+
 def upper_changes(upper: str) -> tuple[list[str], list[str]]:
     """Paths an overlay's upper directory says changed: everything in it (whiteouts are deletions), and the
     opaque directories, whose lower contents are hidden and must be read again in full."""

@@ -9,18 +9,26 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 
-from snapfs.errors import NotSupportedError, UsageError
+from snapfs.errors import UsageError
 
 BOOLEAN_FLAGS = ("--no-push", "--reproducible", "--single-snapshot", "--cache", "--cache-copy-layers",
                  "--cache-run-layers", "--no-push-cache", "--use-new-run", "--ignore-var-run", "--cleanup",
                  "--skip-unused-stages", "--insecure", "--insecure-pull", "--skip-tls-verify",
                  "--skip-tls-verify-pull", "--skip-default-registry-fallback", "--log-timestamp",
                  "--compressed-caching", "--force", "--skip-push-permission-check")
-_DEFAULT_TRUE = {"--ignore-var-run", "--skip-unused-stages", "--compressed-caching"}
-_BOOLEAN_HELP = {"--skip-push-permission-check": "do not check push access to every --destination before the "
+_DEFAULT_TRUE = {"--ignore-var-run", "--skip-unused-stages", "--compressed-caching", "--cache-run-layers"}
+_BOOLEAN_HELP = {
+    "--cache": "use the layer cache: RUN (and with --cache-copy-layers COPY/ADD) steps whose inputs are unchanged "
+               "are not run again (default false)",
+    "--cache-copy-layers": "also cache COPY and ADD steps (default false)",
+    "--cache-run-layers": "cache RUN steps when --cache is on (default true)",
+    "--no-push-cache": "read the layer cache but do not store new entries (default false)",
+    "--compressed-caching": "accepted for Kaniko compatibility (snapfs always streams layers)",
+"--skip-push-permission-check": "do not check push access to every --destination before the "
                                                  "first step (default false: checked)"}
 
 
@@ -71,8 +79,12 @@ def register(sub) -> None:
     p.add_argument("--secret", action="append", default=[], metavar="id=ID,src=PATH",
                    help="secret for RUN --mount=type=secret")
     p.add_argument("--cache-dir", default=None, help="where base image layers and RUN caches are kept")
-    p.add_argument("--cache-repo", default=None)
-    p.add_argument("--cache-ttl", default=None)
+    p.add_argument("--cache-repo", default=None, help="where the layer cache lives: a registry repository or "
+                   "oci:DIR (default: <first destination's repository>/cache)")
+    p.add_argument("--cache-ttl", default=None, metavar="DURATION",
+                   help="cached layers older than this are not used (Go duration, default 336h)")
+    p.add_argument("--cache-report", default=None, metavar="FILE",
+                   help="write every step's cache key, hit or miss, reason and time as JSON")
     p.add_argument("--kaniko-dir", default=os.environ.get("KANIKO_DIR"), help="accepted for compatibility")
     p.add_argument("--snapfs-dir", default=os.environ.get("SNAPFS_DIR"),
                    help="the builder's own directory in a container (default /snapfs); never snapshotted")
@@ -133,20 +145,15 @@ def options_from_args(args):
     from snapfs.image.transports import OutputOptions
     from snapfs.image.reference import parse_reference
 
-    for flag, value in (("--cache", args.cache), ("--cache-copy-layers", args.cache_copy_layers),
-                        ("--cache-run-layers", args.cache_run_layers)):
-        if value:
-            raise NotSupportedError(f"{flag} (layer caching) is not supported yet")
-    if args.cache_repo:
-        raise NotSupportedError("--cache-repo (layer caching) is not supported yet")
+    from snapfs.cache.session import DEFAULT_TTL, CacheOptions
+
     log = logging.getLogger("snapfs.build")
     # Accepted for Kaniko compatibility, with nothing to do here: said out loud, never silently dropped.
     no_effect = {
         "--use-new-run": (args.use_new_run, "snapfs always diffs after RUN with its stat-first engine"),
         "--force": (args.force, "snapfs builds anywhere, in a container or not"),
         "--compressed-caching": (not args.compressed_caching, "snapfs never holds a layer in memory"),
-        "--no-push-cache": (args.no_push_cache, "there is no layer cache to push"),
-        "--cache-ttl": (args.cache_ttl is not None, "there is no layer cache"),
+        "--cache-repo": (bool(args.cache_repo) and not args.cache, "the layer cache is off (no --cache)"),
         "--skip-unused-stages": (not args.skip_unused_stages, "snapfs always skips stages the target does not need"),
         "--kaniko-dir": (args.kaniko_dir is not None and "--kaniko-dir" in " ".join(sys.argv),
                          "snapfs keeps its files in --snapfs-dir"),
@@ -170,7 +177,28 @@ def options_from_args(args):
         ignore_paths=tuple(args.ignore_path), ignore_var_run=args.ignore_var_run,
         secrets=_secrets(args.secret), benchmark_file=args.benchmark_file, isolation=args.isolation,
         in_place={"auto": None, "true": True, "false": False}[args.in_container], cleanup=args.cleanup,
-        snapfs_dir=args.snapfs_dir or "")
+        snapfs_dir=args.snapfs_dir or "",
+        cache=CacheOptions(enabled=args.cache, repo=args.cache_repo or "", copy_layers=args.cache_copy_layers,
+                           run_layers=args.cache_run_layers, push=not args.no_push_cache,
+                           ttl=DEFAULT_TTL if args.cache_ttl is None else go_duration(args.cache_ttl, "--cache-ttl"),
+                           report_file=args.cache_report))
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def go_duration(text: str, flag: str) -> float:
+    """Seconds in a Go duration (``336h``, ``1h30m``, ``90s``), as Kaniko's flags take them."""
+    pos, total = 0, 0.0
+    for m in _DURATION.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if not text or pos != len(text):
+        raise UsageError(f"{flag} {text!r}: expected a duration such as 336h, 90m or 1h30m")
+    return total
 
 
 class _JsonFormatter(logging.Formatter):

@@ -147,6 +147,13 @@ class Puller:
         return data, media_type
 
     def pull(self, want: Platform) -> Image:
+        image = self.resolve(want)
+        self.download_layers(image)
+        return image
+
+    def resolve(self, want: Platform) -> Image:
+        """The image (manifest and config fetched and verified) without its layers: they are files-to-be in the
+        store until :meth:`download_layers`."""
         data, media_type = self._manifest(self.ref.identifier, expect=self.ref.digest)
         if media_type in INDEX_TYPES:
             index = Index.from_bytes(data, media_type=media_type)
@@ -171,8 +178,10 @@ class Puller:
         plat = image.platform()
         if plat is not None and not self.ref.digest and not want.matches(plat):
             log.warning("%s is for %s, not the requested %s", self.ref, plat, want)
-        self._download_layers(image.layers)
         return image
+
+    def download_layers(self, image: Image) -> None:
+        self._download_layers(image.layers)
 
     # ------------------------------------------------------------- blobs
 
