@@ -87,8 +87,7 @@ class LayoutCache:
                     path = store.put_stream(f, digest=layer.digest, size=layer.size, diff_id=layer.diff_id,
                                             what=f"cached layer {layer.digest}")
             except (OSError, SnapfsError) as exc:
-                raise CacheError(f"{self.name}: layer {layer.digest}: {getattr(exc, 'message', None) or exc}") \
-                    from None
+                raise CacheError(f"{self.name}: {getattr(exc, 'message', None) or exc}") from None
             out.append(replace(layer, path=path))
         return tuple(out)
 
