@@ -367,3 +367,22 @@ def test_the_default_cache_repository_is_the_destinations_repository_slash_cache
     build(opts)
     tags = httpx.get(f"http://{registry.host}/v2/team/app/cache/tags/list").json()["tags"]
     assert len([t for t in tags if t.startswith("snapfs-k-")]) == 3  # the three RUNs
+
+
+def test_a_cached_rebuild_looks_every_step_up_in_one_round(tmp_path, registry, caplog):
+    """All lookups of a stage are sent when it starts (by local key); a hit needs no further lookup."""
+    proxy = FaultProxy(registry.port).start()
+    try:
+        host = f"127.0.0.1:{proxy.port}"
+        b = Builds(tmp_path, registry, caplog, f"{host}/cache/rounds", hosts=(host,))
+        b.write({"src/a.py": "a\n"})
+        b.build()
+        proxy.reset()
+        _, rep, _, _ = b.build()
+        assert rep["hits"] == 4
+        lookups = proxy.count("GET", r"/manifests/snapfs-l-") + proxy.count("HEAD", r"/manifests/snapfs-l-")
+        assert lookups >= 4
+        assert proxy.count("GET", r"/manifests/snapfs-[ks]-") == proxy.count("HEAD", r"/manifests/snapfs-[ks]-") == 0
+        assert proxy.count("PUT", r"/manifests/") == 0  # hits store nothing
+    finally:
+        proxy.stop()

@@ -67,7 +67,7 @@ def _unpack(layout: str, dest: str) -> dict:
     return json.loads(image.config_bytes)
 
 
-def _run_pod(work: str, executor: str, reg: RegistryProcess, dest: str) -> subprocess.CompletedProcess:
+def _run_pod(work: str, executor: str, reg: RegistryProcess, dest: str, *extra: str) -> subprocess.CompletedProcess:
     pod = os.path.join(work, "pod-root")
     shutil.rmtree(pod, ignore_errors=True)
     config = _unpack(executor, pod)
@@ -83,7 +83,7 @@ def _run_pod(work: str, executor: str, reg: RegistryProcess, dest: str) -> subpr
     env.update(KUBERNETES_SERVICE_HOST="10.0.0.1")  # what a pod's environment says
     args = [*config["config"]["Entrypoint"], "--context=dir:///workspace", "--dockerfile=Dockerfile",
             f"--destination={dest}", f"--insecure-registry={reg.host}",
-            f"--registry-map=docker.io={reg.host}", "--skip-default-registry-fallback", "--reproducible"]
+            f"--registry-map=docker.io={reg.host}", "--skip-default-registry-fallback", "--reproducible", *extra]
     caps = ",".join(["-all"] + [f"+{c}" for c in POD_CAPS])
     script = f"""set -e
 P={pod}
@@ -138,3 +138,25 @@ def test_build_in_an_unprivileged_pod_matches_root_directory_mode(world, tmp_pat
                           capture_output=True, text=True)
     assert host.returncode == 0, host.stderr[-3000:]
     assert host.stdout.strip() == pod_digest
+
+
+def test_cached_layers_apply_in_the_pod(world, tmp_path):
+    """The cache filled by a root-directory-mode build is used by the pod (in-container mode): every RUN and
+    COPY hits, and the image is the one the uncached pod build makes."""
+    work, reg, executor = world
+    cache = f"{reg.host}/pod/cache"
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(DOCKERFILE)
+    host = subprocess.run([sys.executable, "-m", "snapfs", "build", f"--context={ctx}", "--no-push",
+                           f"--oci-layout-path={tmp_path / 'host-oci'}", f"--insecure-registry={reg.host}",
+                           f"--registry-map=docker.io={reg.host}", "--skip-default-registry-fallback",
+                           "--reproducible", f"--cache-dir={tmp_path / 'cache'}", "--in-container=false",
+                           "--cache", f"--cache-repo={cache}", "--cache-copy-layers"],
+                          capture_output=True, text=True)
+    assert host.returncode == 0, host.stderr[-3000:]
+    r = _run_pod(work, executor, reg, f"{reg.host}/pod/cached:1", "--cache", f"--cache-repo={cache}",
+                 "--cache-copy-layers")
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert r.stderr.count(": cache hit ") == 4 and "cache miss" not in r.stderr, r.stderr[-4000:]
+    assert r.stdout.strip().splitlines()[-1] == host.stdout.strip()

@@ -104,6 +104,7 @@ class RegistryCache:
     def __init__(self, client, repository: Reference, platform: Platform) -> None:
         self.client, self.repo, self.platform = client, repository, platform
         self.name = redact_url(f"{repository.registry}/{repository.repository}")
+        self._tags: dict[str, str] = {}  # entry digest -> the tag it was found by (for messages)
 
     def _ref(self, tag: str) -> Reference:
         return replace(self.repo, tag=tag, digest=None)
@@ -113,7 +114,9 @@ class RegistryCache:
         from snapfs.image.registry.pull import Puller
 
         try:
-            return Puller(self.client, self._ref(tag), _NullStore()).resolve(self.platform)
+            entry = Puller(self.client, self._ref(tag), _NullStore()).resolve(self.platform)
+            self._tags[entry.digest] = tag
+            return entry
         except RegistryHTTPError as exc:
             if exc.status == 404:
                 return None
@@ -125,7 +128,8 @@ class RegistryCache:
         from snapfs.image.registry.pull import Puller
 
         try:
-            Puller(self.client, self.repo, store).download_layers(entry)
+            ref = self._ref(self._tags.get(entry.digest, "snapfs-entry"))
+            Puller(self.client, ref, store).download_layers(entry)
         except SnapfsError as exc:
             raise _from_registry(self.name, exc) from None
         return tuple(replace(layer, path=store.path(layer.digest)) for layer in entry.layers)
