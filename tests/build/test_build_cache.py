@@ -386,3 +386,44 @@ def test_a_cached_rebuild_looks_every_step_up_in_one_round(tmp_path, registry, c
         assert proxy.count("PUT", r"/manifests/") == 0  # hits store nothing
     finally:
         proxy.stop()
+
+
+def test_add_of_a_url_is_cached_with_its_checksum_only(oci_builds, tmp_path):
+    import functools
+    import hashlib
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "tool.txt").write_text("tool v1\n")
+    digest = "sha256:" + hashlib.sha256(b"tool v1\n").hexdigest()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(served)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/tool.txt"
+        oci_builds.write({}, f"FROM busybox\nADD --checksum={digest} {url} /tool\nADD {url} /again\n")
+        oci_builds.build()
+        _, rep, _, out = oci_builds.build()
+        got = oci_builds.outcomes(rep)
+        assert got[2] == ("hit", "")
+        assert got[3] == ("uncached", f"ADD {url}: a URL is cached only with --checksum")
+        assert _files(out)["tool"] == b"tool v1\n"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_bind_mounted_file_is_part_of_the_run_key(oci_builds):
+    oci_builds.write({"src/a.py": "one\n"}, "FROM busybox\nRUN --mount=type=bind,source=src,target=/s cat /s/a.py > /out\n")
+    oci_builds.build(copy_layers=False)
+    _, rep, _, _ = oci_builds.build(copy_layers=False)
+    assert oci_builds.outcomes(rep)[2] == ("hit", "")
+    oci_builds.write({"src/a.py": "two\n"}, "FROM busybox\nRUN --mount=type=bind,source=src,target=/s cat /s/a.py > /out\n")
+    _, rep, _, out = oci_builds.build(copy_layers=False)
+    assert oci_builds.outcomes(rep)[2] == ("miss", "src/a.py changed (content) (mount:/s)")
+    assert _files(out)["out"] == b"two\n"
