@@ -55,6 +55,7 @@ class StageCache:
                              "epoch": opts.epoch, "docker": opts.docker_media_types}
         self.state = initial_state(base_chain, runner.state.config.inner)
         self._local: dict[int, StepInputs | str] = {}
+        self.first_change: str = ""  # the first step of this stage whose result differs from the stored one
 
     # -- inputs --------------------------------------------------------------------------------------------
 
@@ -161,12 +162,18 @@ class StageCache:
                                                created_by=outcome.created_by)
                 result, reason = "hit", ""
             else:
-                log.info("step %d/%d %s: cache miss: %s", index, total, _short(describe), outcome.reason)
+                reason = outcome.reason
+                if outcome.parent_changed:
+                    reason = (f"step {self.first_change} made a different result" if self.first_change else
+                              "the base image, or an earlier step that is not cached, changed")
+                log.info("step %d/%d %s: cache miss: %s", index, total, _short(describe), reason)
                 timing = self.runner.step(i, scope, scope_after, index=index)
                 layer = state.layers[-1] if len(state.layers) > layers_before else None
+                if not self.first_change and outcome.stored_result != (layer.diff_id if layer else ""):
+                    self.first_change = f"{index} ({_short(describe, 40)})"
                 history = state.config.history[-1].get("created_by", "") if state.config.history else ""
                 self.cache.record(inputs, layer, created_by=history)
-                result, reason = "miss", outcome.reason
+                result = "miss"
             self.cache.note(step=index, instruction=describe, key=inputs.key(), result=result, reason=reason,
                             lookup_seconds=looked, seconds=time.perf_counter() - t0)
         self.advance(config_before, layers_before)
@@ -187,5 +194,5 @@ def _expand(text: str, lookup) -> str:
     return Lexer().word(text, lookup)
 
 
-def _short(text: str) -> str:
-    return text if len(text) <= 60 else text[:57] + "..."
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."

@@ -61,6 +61,7 @@ class FileTable:
 
 
 _PARTS = ("type", "mode", "owner", "size", "content")
+PARENT_CHANGED = "the filesystem or config before this step changed (an earlier step's result or the base image)"
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def explain(stored: Mapping | None, now: StepInputs) -> str:
                        if (stored.get("extra") or {}).get(k) != cur["extra"].get(k))
         return f"{', '.join(names)} changed"
     if stored.get("parent") != cur["parent"]:
-        return "the filesystem or config before this step changed (an earlier step's result or the base image)"
+        return PARENT_CHANGED
     return "an entry with these inputs exists under another key (written by another snapfs version?)"
 
 

@@ -17,7 +17,7 @@ from snapfs.errors import SnapfsError
 from snapfs.image.blobstore import BlobStore
 from snapfs.image.model import Image, Layer, canonical_json
 from snapfs.platforms import Platform
-from .keys import StepInputs, explain, tag_for
+from .keys import PARENT_CHANGED, StepInputs, explain, tag_for
 from .store import CacheError, CacheStore
 
 log = logging.getLogger("snapfs.cache")
@@ -50,6 +50,8 @@ class Hit:
 class Miss:
     key: str
     reason: str
+    parent_changed: bool = False  # the reason is the state before the step (the caller may say which step)
+    stored_result: str | None = None  # the diff_id ("" for none) of the entry stored last for this step
 
 
 @dataclass
@@ -107,7 +109,13 @@ class StepCache:
                 history = entry.config().get("history") or [{}]
                 return Hit(key, layers, str(history[-1].get("created_by", "")))
             slot = self._get(tag_for("s", inputs.slot))
-            return Miss(key, explain(_inputs_of(slot).get("inputs") if slot is not None else None, inputs))
+            stored = _inputs_of(slot).get("inputs") if slot is not None else None
+            reason = explain(stored, inputs)
+            result = None
+            if slot is not None:
+                diff_ids = slot.config().get("rootfs", {}).get("diff_ids") or [""]
+                result = str(diff_ids[-1])
+            return Miss(key, reason, parent_changed=reason == PARENT_CHANGED, stored_result=result)
         except _Unreachable as exc:
             return Miss(key, f"cache off: {exc}")
         except (CacheError, SnapfsError, OSError, ValueError) as exc:
