@@ -193,7 +193,8 @@ class StepRunner:
         lookup = scope.lookup()
         args = [(k, lookup.get(k, v)) for k, v in scope.args.items()]
         return executor.commit(self.state, self.opts, index=index, created_by=history.run(argv, args),
-                               run_time=result.seconds, extra_ignore=tuple(p.strip("/") for p in result.created))
+                               run_time=result.seconds, extra_ignore=tuple(p.strip("/") for p in result.created),
+                               unchanged=result.restored)
 
     def _argv(self, i: ins.Run) -> tuple[list[str], str | None]:
         shell = list(self.state.config.shell())

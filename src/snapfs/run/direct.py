@@ -106,8 +106,9 @@ def run_direct(spec, *, stdout: IO[Any] | None = None, stderr: IO[Any] | None = 
     root just before the command, out again when it is over, also when it failed or a signal came); bind
     mounts and ``--network=none`` need namespaces: :class:`NotSupportedError`, before anything is done.
     Returns a ``sandbox.RunResult`` (127 when the command is not found, 126 when it cannot be executed,
-    128 + N when killed by signal N; ``created``: the paths the mounts made and removed again); failing to set
-    the step up, or to take its mounts out again, is a :class:`BuildError`.
+    128 + N when killed by signal N; ``created``: the paths the mounts made and removed again, ``restored``:
+    the root's entries moved aside for them and put back); failing to set the step up, or to take its mounts
+    out again, is a :class:`BuildError`.
     """
     from .sandbox import step_environment
     from .sandbox_init import Root, SetupError
@@ -158,8 +159,8 @@ def run_direct(spec, *, stdout: IO[Any] | None = None, stderr: IO[Any] | None = 
         result = _execute(spec, root, user, env, workdir, stdout, stderr)
     finally:
         with shielded():
-            created = placement.undo()
-    return dataclasses.replace(result, created=created)
+            created, restored = placement.undo()
+    return dataclasses.replace(result, created=created, restored=restored)
 
 
 def _execute(spec, root: str, user, env: dict, workdir: str, stdout, stderr):

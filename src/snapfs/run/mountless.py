@@ -89,7 +89,7 @@ class Placement:
         why = refusal(mount.kind, size=mount.size)
         if why:
             raise BuildError(why)
-        target = posixpath.normpath("/" + mount.target)
+        target = posixpath.normpath("/" + mount.target.lstrip("/"))
         parent, name = posixpath.split(target)
         if not name or name == "..":
             raise BuildError(f"RUN --mount target {mount.target!r}: cannot place a mount at the root {WHERE}")
@@ -117,18 +117,21 @@ class Placement:
         except OSError as exc:
             raise BuildError(f"RUN --mount={mount.kind} at {target}: {exc.strerror or exc}") from None
 
-    def undo(self) -> tuple[str, ...]:
+    def undo(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Take every mount out again, last placed first, and put back what was there; remove the parents made
-        for them if empty. Returns the paths (relative to the root) that were made for the step and are gone
-        again, for the snapshot to ignore; a target that held something of the root's is not among them (it
-        is back as it was, and ignoring it would make it look deleted). Raises :class:`BuildError` once all is
-        done if something could not be undone."""
+        for them if empty. Returns two lists of paths relative to the root: those made for the step and gone
+        again, for the snapshot to ignore; and the root's own entries that were renamed aside and back, the
+        same but for their ctime (ignoring those would make them look deleted). Raises :class:`BuildError` once
+        all is done if something could not be undone."""
         failed: list[str] = []
         gone: list[str] = []
+        restored: list[str] = []
         for e in reversed(self._placed):
             try:
                 self._undo(e)
-                if e.aside is None and lstat_at(e.dir_fd, e.name) is None:
+                if e.aside is not None:
+                    restored.append(e.target)
+                elif lstat_at(e.dir_fd, e.name) is None:
                     gone.append(e.target)
             except (OSError, RecursionError) as exc:
                 failed.append(f"{e.target}: {getattr(exc, 'strerror', None) or exc}")
@@ -141,7 +144,7 @@ class Placement:
         gone += _remove_created(self.root_path, self._made)
         if failed:
             raise BuildError("RUN --mount: could not take the mounts out of the root again: " + "; ".join(failed))
-        return tuple(sorted(set(gone)))
+        return tuple(sorted(set(gone))), tuple(sorted(set(restored)))
 
     @staticmethod
     def _undo(e: _Placed) -> None:
