@@ -24,6 +24,7 @@ import textwrap
 import pytest
 
 from rootfs_kit import busybox_available, copy_root, listing, make_busybox_root, write
+from snapfs import apply_layers
 from snapfs.errors import BuildError, NotSupportedError
 from snapfs.image.layout import read_layout
 from snapfs.run import direct
@@ -342,36 +343,36 @@ def test_in_a_pod_secrets_and_caches_in_place(tmp_path, busybox_layout):
     """Builds in one simulated pod, over its "/": the secret is read at its target with its mode and is in
     no layer and in no history; the image's own file at a target is back unchanged; caches persist from the
     first build to the second and are in no
-    layer (the cache directory is a volume: its entries are copied in and out); a failing step leaves no secret
-    behind; unsupported mounts fail before the first step."""
+    layer, whether the cache directory is on the root's filesystem (entries renamed in and out) or on a volume
+    (copied); a failing step leaves no secret behind; unsupported mounts fail before the first step."""
     failing = ("FROM oci:/base:busybox\nRUN --mount=type=secret,id=tok sh -c 'cat /run/secrets/tok >/dev/null; "
                "exit 7'\n")
     refused = "FROM oci:/base:busybox\nRUN echo FIRST-STEP-RAN\nRUN --mount=type=bind,target=/src ls /src\n"
-    vol = "/cachevol"
-    builds = [(POD_DOCKERFILE, vol), (POD_DOCKERFILE, vol), (failing, vol), (refused, vol)]
+    snap, vol = "/snapfs/cache", "/cachevol"  # on the root's filesystem (renamed), on a volume (copied)
+    builds = [(POD_DOCKERFILE, snap), (POD_DOCKERFILE, snap), (POD_DOCKERFILE, vol), (POD_DOCKERFILE, vol),
+              (failing, vol), (refused, vol)]
     results, output = run_pod(str(tmp_path), busybox_layout, builds)
-    first, run_after_first, second, run_after_second, fail, run_after_fail, refusal, _ = results
-    assert first.startswith("sha256:") and second.startswith("sha256:"), output[-3000:]
-    assert run_after_first == run_after_second == ["keep"]  # no secrets directory left in the pod's /run
+    digests, runs = results[0:8:2], results[1:8:2]
+    fail, run_after_fail, refusal, _ = results[8:]
+    assert all(d.startswith("sha256:") for d in digests), output[-3000:]
+    assert runs == [["keep"]] * 4  # no secrets directory left in the pod's /run
     assert fail.startswith("error: step 2/2 (RUN at Dockerfile:2): RUN /bin/sh -c sh -c ")
     assert fail.endswith("returned a non-zero code: 7")
     assert "secrets" not in (run_after_fail or [])  # the failing step's secret is gone from the pod's /run
     assert refusal.startswith("error: Dockerfile:3:1: RUN --mount=type=bind needs a mount")
     assert "FIRST-STEP-RAN" not in output
-    for n in (0, 1):
+    for n, count in enumerate((1, 2, 1, 2)):
         layout = os.path.join(str(tmp_path), "out", f"oci-{n}")
         image = read_layout(layout)
         rootfs = tmp_path / f"rootfs-{n}"
         rootfs.mkdir()
-        from snapfs import apply_layers
-
         apply_layers([l.path for l in image.layers], str(rootfs))
         assert (rootfs / "mode").read_text() == "400\n"
         assert (rootfs / "len").read_text().strip() == str(len(SECRET))
         assert (rootfs / "upper").read_bytes() == SECRET.upper()
         assert (rootfs / "etc/app/token").read_text() == "from the image\n"
         assert sorted(os.listdir(rootfs / "run")) == ["keep"]
-        assert ((rootfs / "n1").read_text().strip(), (rootfs / "n2").read_text().strip()) == (str(n + 1),) * 2
+        assert ((rootfs / "n1").read_text().strip(), (rootfs / "n2").read_text().strip()) == (str(count),) * 2
         assert not (rootfs / "root/.cache").exists() and not (rootfs / "var/cache/vol").exists()
         for entries in layer_entries(layout):
             assert not any(SECRET in d for d in entries.values())
