@@ -15,11 +15,9 @@ import json
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tarfile
-import textwrap
 
 import pytest
 
@@ -187,7 +185,8 @@ def assert_secret_nowhere(b) -> None:
 def test_build_secret_without_namespaces(run_build, secret_file):
     b = run_build("FROM busybox\n"
                   "RUN mkdir -p /etc/app && echo 'from the image' > /etc/app/token\n"
-                  "RUN --mount=type=secret,id=tok stat -c %a /run/secrets/tok > /mode && cat /run/secrets/tok | wc -c > /len\n"
+                  "RUN --mount=type=secret,id=tok stat -c %a /run/secrets/tok > /mode && "
+                  "cat /run/secrets/tok | wc -c > /len\n"
                   "RUN --mount=type=secret,id=tok,target=/etc/app/token,mode=0440,uid=1000 "
                   "stat -c '%a %u' /etc/app/token > /over && tr a-z A-Z < /etc/app/token > /upper\n"
                   "RUN --mount=type=secret,id=tok,env=TOKEN sh -c 'echo ${#TOKEN}; test -e /run/secrets/tok || "
@@ -209,11 +208,13 @@ def test_build_secret_without_namespaces(run_build, secret_file):
     assert all(SECRET.decode() not in h for h in history)
 
 
-def test_build_required_secret_missing_fails_before_its_command(run_build, capfd):
+def test_build_required_secret_missing_fails_before_its_command(run_build, capfd, secret_file):
     with pytest.raises(BuildError, match=r"^step 3/3 \(RUN at Dockerfile:3\): secret nope is required"):
-        run_build("FROM busybox\nRUN echo first\nRUN --mount=type=secret,id=nope,required=true echo SECOND-RAN\n",
-                  isolation="none")
-    assert "SECOND-RAN" not in capfd.readouterr().out
+        run_build("FROM busybox\nRUN --mount=type=secret,id=tok test -s /run/secrets/tok && echo FIRST-READ\n"
+                  "RUN --mount=type=secret,id=nope,required=true echo SECOND-RAN\n",
+                  secrets=(("tok", secret_file),), isolation="none")
+    out = capfd.readouterr().out
+    assert "FIRST-READ" in out and "SECOND-RAN" not in out
 
 
 def test_build_cache_without_namespaces_persists_and_stays_out_of_layers(run_build, tmp_path):
@@ -320,7 +321,8 @@ def run_pod(work: str, busybox_layout: str, builds: list[tuple[str, str]]) -> tu
     script = f"SRC = {SRC!r}\nPOD = {pod!r}\nBUILDS = {builds!r}\n" + POD_BUILDER
     done = subprocess.run(["unshare", "--mount", "--pid", "--fork", "--propagation", "private", "--", "sh", "-c",
                            "\n".join(lines), "pod", script], capture_output=True, text=True, timeout=300,
-                          env={"PATH": os.environ["PATH"], "TMPDIR": "/snapfs/tmp", "KUBERNETES_SERVICE_HOST": "10.0.0.1"})
+                          env={"PATH": os.environ["PATH"], "TMPDIR": "/snapfs/tmp",
+                               "KUBERNETES_SERVICE_HOST": "10.0.0.1"})
     assert done.returncode == 0, done.stderr[-4000:]
     results = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert results, done.stdout[-2000:] + done.stderr[-4000:]
@@ -332,8 +334,8 @@ FROM oci:/base:busybox
 RUN mkdir -p /etc/app /run && echo 'from the image' > /etc/app/token && echo keep > /run/keep
 RUN --mount=type=secret,id=tok stat -c %a /run/secrets/tok > /mode && cat /run/secrets/tok | wc -c > /len
 RUN --mount=type=secret,id=tok,target=/etc/app/token,mode=0440 tr a-z A-Z < /etc/app/token > /upper
-RUN --mount=type=cache,id=c1,target=/root/.cache/tool sh -c 'echo x >> /root/.cache/tool/log; wc -l < /root/.cache/tool/log > /n1'
-RUN --mount=type=cache,id=c2,target=/var/cache/vol sh -c 'echo y >> /var/cache/vol/log; wc -l < /var/cache/vol/log > /n2'
+RUN --mount=type=cache,id=c1,target=/root/.cache/tool sh -c 'f=/root/.cache/tool/log; echo x >> $f; wc -l < $f > /n1'
+RUN --mount=type=cache,id=c2,target=/var/cache/vol sh -c 'f=/var/cache/vol/log; echo y >> $f; wc -l < $f > /n2'
 """
 
 
