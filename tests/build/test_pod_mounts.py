@@ -90,6 +90,20 @@ def test_direct_secret_over_a_file_of_the_image_brings_it_back_unchanged(root, s
     assert not [n for n in os.listdir(os.path.join(root, "etc")) if "snapfs" in n]
 
 
+def test_direct_secret_through_a_symlinked_parent_is_named_where_it_really_is(root, secret_file):
+    os.makedirs(os.path.join(root, "run"))
+    os.makedirs(os.path.join(root, "var"))
+    os.symlink("../run", os.path.join(root, "var/run"))
+    write(root, "run/app.conf", "the image's\n")
+    before = listing(root)
+    result, out, _ = sh(root, "cat /var/run/app.conf /var/run/new/tok",
+                        [Mount(kind="secret", target="/var/run/app.conf", source=secret_file),
+                         Mount(kind="secret", target="/var/run/new/tok", source=secret_file)])
+    assert (result.exit_code, out) == (0, SECRET.decode() * 2)
+    assert (result.created, result.restored) == (("run/new", "run/new/tok"), ("run/app.conf",))
+    assert listing(root) == before
+
+
 def test_direct_secret_is_removed_when_the_step_fails(root, secret_file):
     before = listing(root)
     result, _, _ = sh(root, "cat /run/secrets/tok > /seen && mkdir /run/secrets/extra; exit 3",

@@ -77,7 +77,7 @@ class Placement:
     def __init__(self, root: str) -> None:
         from .sandbox_init import Root
 
-        self.root_path = root
+        self.root_path = os.path.realpath(root)
         self._made: list[dict] = []  # parent directories created, as the sandbox reports its mount points
         self._root = Root(root, self._made.append)
         self._placed: list[_Placed] = []
@@ -102,7 +102,9 @@ class Placement:
         finally:
             if pname != ".":
                 os.close(pfd)
-        entry = _Placed(target.lstrip("/"), mount.kind, dir_fd, name, source=mount.source)
+        # Named as the snapshot names it: where the target really is once symlinks on the way were followed.
+        where = os.path.relpath(os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), name), self.root_path)
+        entry = _Placed(where, mount.kind, dir_fd, name, source=mount.source)
         self._placed.append(entry)  # from now on undo() sees it, whatever fails below
         try:
             if lstat_at(dir_fd, name) is not None:
@@ -114,8 +116,9 @@ class Placement:
                 _write_secret(dir_fd, name, mount)
             else:
                 _make_dir(dir_fd, name, mount)
-        except OSError as exc:
-            raise BuildError(f"RUN --mount={mount.kind} at {target}: {exc.strerror or exc}") from None
+        except (OSError, RecursionError) as exc:
+            raise BuildError(f"RUN --mount={mount.kind} at {target}: {getattr(exc, 'strerror', None) or exc}") \
+                from None
 
     def undo(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """Take every mount out again, last placed first, and put back what was there; remove the parents made
