@@ -16,7 +16,9 @@ Whatever the root had at a target is renamed aside (next to it, ``.snapfs-aside-
 afterwards, unchanged: same inode, content and times, so the snapshot sees no change there. Parent directories
 made for a target are removed again when they are empty. Undoing runs to its end whatever happened (the step
 failed, setting up a later mount failed, a signal arrived: the caller shields it), and fails the step when
-something placed could not be removed: a secret that stayed would be snapshotted.
+something placed could not be removed: a secret that stayed would be snapshotted. Only a SIGKILL during the
+step can stop it: the cache's entries are then lost with the root they were in (the pod, or the scratch stage
+root the next build sweeps), and the cache starts empty, as a cache may.
 
 ``bind`` is refused: a read-only view of another tree needs a mount (a copy would be writable by a root step,
 and copying a whole context is no mount). So is ``RUN --network=none``, which needs a network namespace.
