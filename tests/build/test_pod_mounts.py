@@ -277,12 +277,18 @@ CAP_NAMES = ("chown dac_override dac_read_search fowner fsetid kill setgid setui
              "audit_write audit_control setfcap mac_override mac_admin syslog wake_alarm block_suspend audit_read "
              "perfmon bpf checkpoint_restore").split()
 
-# Runs in the pod: the builder imports what it needs from the host, enters the pod's root (where the host's
+# Runs in the pod: the builder starts on the host, enters the pod's root (where the directories of the host's
 # Python and this tree are bind-mounted, read-only, at their own paths) and builds in place over "/".
 POD_BUILDER = """
 import json, logging, os, sys
 sys.path.insert(0, SRC)
-import ssl, hashlib, zlib, ctypes, snapfs._fast  # shared libraries loaded before the host's /lib is out of reach
+# Extension modules whose shared libraries are on the host's /lib: loaded before it is out of reach.
+import ssl, hashlib, zlib, ctypes, snapfs._fast
+for name in ("lzma", "bz2", "decimal", "zstandard", "xxhash", "isal.isal_zlib"):
+    try:
+        __import__(name)
+    except ImportError:
+        pass
 from snapfs.builder.pipeline import BuildOptions, build
 from snapfs.image.transports import OutputOptions
 from snapfs.errors import SnapfsError
@@ -312,6 +318,16 @@ def pod_drop_list() -> str:
     return ",".join(f"cap_{n}" for n in CAP_NAMES[:last + 1] if n not in POD_CAPS)
 
 
+def python_dirs() -> list[str]:
+    """The directories the pod's Python imports from (its ``-I`` sys.path and this tree's src), each to be
+    bind-mounted at its own path: not the whole prefix, which for a system Python is ``/usr`` and would hide
+    the image's ``/usr``."""
+    found = subprocess.run([sys.executable, "-I", "-c", "import json, sys; print(json.dumps(sys.path))"],
+                           capture_output=True, text=True, check=True).stdout
+    dirs = sorted({os.path.realpath(p) for p in [SRC, *json.loads(found)] if p and os.path.isdir(p)})
+    return [d for d in dirs if not any(d.startswith(o + "/") for o in dirs)]
+
+
 def run_pod(work: str, busybox_layout: str, builds: list[tuple[str, str]]) -> tuple[list, str]:
     """Run ``builds`` (Dockerfile, cache dir) one after the other in one pod; the results and the output."""
     pod = os.path.join(work, "pod")
@@ -321,7 +337,7 @@ def run_pod(work: str, busybox_layout: str, builds: list[tuple[str, str]]) -> tu
         os.makedirs(os.path.join(work, name), exist_ok=True)
     with open(os.path.join(work, "secrets", "tok"), "wb") as f:
         f.write(SECRET)
-    binds = [(sys.base_prefix, sys.base_prefix, "ro"), (SRC, SRC, "ro"), (busybox_layout, "/base", "ro"),
+    binds = [(p, p, "ro") for p in python_dirs()] + [(busybox_layout, "/base", "ro"),
              (os.path.join(work, "out"), "/out", "rw"), (os.path.join(work, "cachevol"), "/cachevol", "rw"),
              (os.path.join(work, "secrets"), "/secrets", "ro"), (os.path.join(work, "ws"), "/workspace", "rw")]
     os.makedirs(os.path.join(work, "ws"), exist_ok=True)
