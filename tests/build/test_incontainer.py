@@ -500,13 +500,20 @@ def test_direct_in_slash(tmp_path):
     assert (os.stat(work).st_uid, os.stat(work).st_gid) == (65534, 65534)
 
 
-def test_direct_refuses_mounts_and_network_none(tmp_path):
+def test_direct_refuses_bind_mounts_sized_tmpfs_and_network_none(tmp_path):
     spec = RunSpec(root=str(tmp_path), argv=("true",), mounts=(Mount(kind="cache", target="/c", source="/x"),
-                                                               Mount(kind="tmpfs", target="/t")))
-    with pytest.raises(NotSupportedError, match=r"^RUN --mount \(type=cache, tmpfs\) needs mount namespaces"):
+                                                               Mount(kind="bind", target="/b", source="/")))
+    with pytest.raises(NotSupportedError, match=r"^RUN --mount=type=bind needs a mount \(a read-only view of the "
+                                                r"context or a stage\): not supported yet when RUN steps run "
+                                                r"without namespaces \(in a pod, or with --isolation none\)$"):
         direct.run_direct(spec)
-    with pytest.raises(NotSupportedError, match="^RUN --network=none needs a network namespace"):
+    with pytest.raises(NotSupportedError, match=r"^RUN --mount=type=tmpfs,size=\.\.\.: the size of a tmpfs "
+                                                r"cannot be enforced when RUN steps"):
+        direct.run_direct(RunSpec(root=str(tmp_path), argv=("true",),
+                                  mounts=(Mount(kind="tmpfs", target="/t", size=1 << 20),)))
+    with pytest.raises(NotSupportedError, match="^RUN --network=none needs a network namespace: not supported"):
         direct.run_direct(RunSpec(root=str(tmp_path), argv=("true",), network="none"))
+    assert os.listdir(tmp_path) == []  # refused before anything was placed
     with pytest.raises(BuildError, match="^RUN: empty command$"):
         direct.run_direct(RunSpec(root=str(tmp_path), argv=()))
 

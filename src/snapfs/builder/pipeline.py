@@ -116,6 +116,9 @@ def build(options: BuildOptions) -> BuildResult:
                           target_platform=options.custom_platform, file=os.path.basename(dockerfile))
         for name in plan.unused_build_args:
             log.warning("build argument %s was not consumed by any stage", name)
+        from .steps import check_runs  # RUN options the chosen runner cannot give fail now, not at their step
+
+        check_runs(plan, in_place=bool(in_place), isolation=options.isolation)
         ignore = load_dockerignore(ctx_root, dockerfile=dockerfile)
         builder = _Builder(options, plan, scratch, Source(ctx_root, True, ignore if ignore.patterns else None),
                            in_place=snapfs_dir if in_place else None, credentials=credentials)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from snapfs.engine.changes import diff
 from snapfs.engine.layer import write_layer
@@ -71,17 +71,20 @@ class StageOptions:
 
 
 def commit(state: StageState, opts: StageOptions, *, index: int, created_by: str, run_time: float = 0.0,
-           extra_ignore: tuple[str, ...] = (), touched: list[str] | None = None) -> StepTiming:
+           extra_ignore: tuple[str, ...] = (), touched: list[str] | None = None,
+           unchanged: tuple[str, ...] = ()) -> StepTiming:
     """Snapshot after a step that may have changed files; write its layer (or note an empty one).
 
     ``touched`` lists every path the step may have changed (COPY knows what it wrote); then only those are
     read again. Otherwise an overlay stage reads its upper directory, and a plain one walks the whole root.
+    ``unchanged``: paths the step could not reach (a RUN mount's target, moved aside and back by the builder),
+    whose new ctime alone is not a change of this step.
     """
     if opts.single_snapshot:
         state.pending_history.append(created_by)
         return StepTiming(index, created_by, run=run_time)
     return _snapshot_layer(state, opts, index=index, created_by=[created_by], run_time=run_time,
-                           extra_ignore=extra_ignore, touched=touched)
+                           extra_ignore=extra_ignore, touched=touched, unchanged=unchanged)
 
 
 def finish_stage(state: StageState, opts: StageOptions, *, index: int) -> None:
@@ -93,7 +96,7 @@ def finish_stage(state: StageState, opts: StageOptions, *, index: int) -> None:
 
 def _snapshot_layer(state: StageState, opts: StageOptions, *, index: int, created_by: list[str],
                     run_time: float = 0.0, extra_ignore: tuple[str, ...] = (),
-                    touched: list[str] | None = None) -> StepTiming:
+                    touched: list[str] | None = None, unchanged: tuple[str, ...] = ()) -> StepTiming:
     t0 = time.perf_counter()
     ignore = opts.ignore_paths + extra_ignore
     subtrees: list[str] = []
@@ -108,6 +111,10 @@ def _snapshot_layer(state: StageState, opts: StageOptions, *, index: int, create
         new = patch(state.snapshot, paths=touched, subtrees=subtrees, ignore=ignore, quiescent=True)
     mode = "full" if opts.snapshot_mode == "full" else "stat"
     d = diff(state.snapshot, new, mode=mode)
+    if unchanged:
+        keep = set(unchanged)
+        d = replace(d, changes=tuple(c for c in d.changes
+                                     if not (c.kind == "modified" and c.reasons == "ctime" and c.path in keep)))
     state.snapshot = new
     t1 = time.perf_counter()
     if not d.changes:

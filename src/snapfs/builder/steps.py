@@ -156,26 +156,23 @@ class StepRunner:
     def run(self, i: ins.Run, scope, *, index: int) -> StepTiming:
         from snapfs.run import sandbox
 
-        if i.security and i.security != "sandbox":
-            raise NotSupportedError(f"RUN --security={i.security} is not supported yet")
         network = i.network or "default"
         if network not in ("default", "none", "host"):
             raise UsageError(f"RUN --network={network}: choose default, none or host")
         from snapfs.run import direct as direct_run
 
-        # In place (over "/") steps run directly, as Kaniko's do; otherwise in the sandbox when it is allowed.
-        if self.ctx.in_place:
-            direct_run.announce_direct()  # logged once per process
-            run = direct_run.run_direct
-        else:
-            run = direct_run.runner(self.ctx.isolation)
+        run = choose_runner(in_place=bool(self.ctx.in_place), isolation=self.ctx.isolation)
         direct = run is direct_run.run_direct
+        refused = run_refusal(i, direct=direct)  # ONBUILD triggers were not in the plan's early check
+        if refused:
+            raise NotSupportedError(refused)
         cfg = self.state.config
         executor.make_volume_dirs(self.state)  # in this step's layer, as the classic builder and buildah do
         env = dict(scope.run_env())
         argv, script = self._argv(i)
         with contextlib.ExitStack() as stack:
-            mounts = tuple(m for m in (self._mount(spec, scope, env, stack) for spec in i.mount_specs) if m)
+            mounts = tuple(m for m in (self._mount(spec, scope, env, stack, direct=direct)
+                                       for spec in i.mount_specs) if m)
             if script is not None:
                 path = os.path.join(self.ctx.scratch, f"heredoc-{index}")
                 with open(path, "w") as f:
@@ -196,7 +193,8 @@ class StepRunner:
         lookup = scope.lookup()
         args = [(k, lookup.get(k, v)) for k, v in scope.args.items()]
         return executor.commit(self.state, self.opts, index=index, created_by=history.run(argv, args),
-                               run_time=result.seconds, extra_ignore=tuple(p.strip("/") for p in result.created))
+                               run_time=result.seconds, extra_ignore=tuple(p.strip("/") for p in result.created),
+                               unchanged=result.restored)
 
     def _argv(self, i: ins.Run) -> tuple[list[str], str | None]:
         shell = list(self.state.config.shell())
@@ -216,8 +214,10 @@ class StepRunner:
         script = text[1] if len(text) > 1 else ""
         return shell + [cmd + "\n" + script], None
 
-    def _mount(self, spec: str, scope, env: dict, stack: contextlib.ExitStack):
-        """The sandbox mount for one ``--mount`` value, its host side prepared (None: nothing to mount)."""
+    def _mount(self, spec: str, scope, env: dict, stack: contextlib.ExitStack, *, direct: bool = False):
+        """The sandbox mount for one ``--mount`` value, its host side prepared (None: nothing to mount).
+        ``direct``: the step runs without namespaces, so a cache is moved in and out rather than mounted, and
+        is locked exclusively whatever its ``sharing``."""
         from snapfs.run import sandbox
 
         lookup = scope.lookup()
@@ -229,7 +229,7 @@ class StepRunner:
             return sandbox.Mount(kind="tmpfs", target=target, readonly=False, size=m.size)
         if m.type == "secret":
             secrets = dict(self.ctx.secrets)
-            sid = m.id or posixpath.basename(m.target)
+            sid = m.source or m.id or posixpath.basename(m.target)  # BuildKit: source= names the secret too
             src = secrets.get(sid)
             if src is None:
                 if m.required:
@@ -238,7 +238,9 @@ class StepRunner:
             if m.env:
                 with open(src, "r", errors="surrogateescape") as f:
                     env[m.env] = f.read()
-            return sandbox.Mount(kind="secret", target=m.target or f"/run/secrets/{sid}", source=src,
+                if not m.target:
+                    return None  # env= without target=: only the variable, as in BuildKit
+            return sandbox.Mount(kind="secret", target=target if m.target else f"/run/secrets/{sid}", source=src,
                                  mode=m.mode if m.mode is not None else 0o400, uid=m.uid or 0, gid=m.gid or 0)
         if m.type == "cache":
             cid = m.id or target
@@ -252,7 +254,8 @@ class StepRunner:
             lock = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
             stack.callback(os.close, lock)
             # Concurrent builds sharing a cache serialise on it unless it is declared private/shared.
-            fcntl.flock(lock, fcntl.LOCK_EX if m.sharing in ("", "locked") else fcntl.LOCK_SH)
+            # Moved into a root (direct), its contents are in one place at a time: always exclusive.
+            fcntl.flock(lock, fcntl.LOCK_EX if direct or m.sharing in ("", "locked") else fcntl.LOCK_SH)
             return sandbox.Mount(kind="cache", target=target, source=path, readonly=False)
         # bind: from the context (default), a stage or an image; never outside that root
         root = self._source(m.from_).root if m.from_ else self.ctx.filtered_context()
@@ -264,6 +267,54 @@ class StepRunner:
         if os.path.commonpath([real_root, host]) != real_root:
             raise BuildError(f"RUN --mount source {m.source!r} resolves outside its root")
         return sandbox.Mount(kind="bind", target=target, source=host, readonly=m.readonly)
+
+
+def choose_runner(*, in_place: bool, isolation: str):
+    """The function that runs RUN steps: directly when building in place (over "/"), as Kaniko's do;
+    otherwise in the sandbox when it is allowed (:func:`snapfs.run.direct.runner`)."""
+    from snapfs.run import direct as direct_run
+
+    if in_place:
+        direct_run.announce_direct()  # logged once per process
+        return direct_run.run_direct
+    return direct_run.runner(isolation)
+
+
+def run_refusal(i: ins.Run, *, direct: bool) -> str | None:
+    """Why the RUN ``i`` cannot be run as written (``direct``: without namespaces); None when it can."""
+    if i.security and i.security != "sandbox":
+        return f"RUN --security={i.security} is not supported yet"
+    return direct_refusal(i) if direct else None
+
+
+def direct_refusal(i: ins.Run) -> str | None:
+    """Why the RUN ``i`` cannot run without namespaces (a bind mount, a sized tmpfs, ``--network=none``); None
+    when it can. Reads the mounts as parsed without expansion: a mount's type and ``size=`` are literal."""
+    from snapfs.run import mountless
+
+    for m in i.mounts:
+        why = mountless.refusal(m.type, size=m.size) if m.type != "ssh" else None  # ssh: refused at its step
+        if why:
+            return why
+    return mountless.NETWORK_NONE if i.network == "none" else None
+
+
+def check_runs(plan: Plan, *, in_place: bool, isolation: str) -> None:
+    """Before the first step: when RUN steps will run without namespaces, refuse every RUN of the stages to
+    build that needs them (:func:`direct_refusal`), naming its line, so such a build fails in seconds instead
+    of after the steps before it. Picks the runner only when there is a RUN (``isolation=namespaces`` where
+    namespaces are not allowed is then refused here too)."""
+    runs = [i for index in plan.needed for i in plan.stages[index].instructions if isinstance(i, ins.Run)]
+    if not runs:
+        return
+    from snapfs.run import direct as direct_run
+
+    if choose_runner(in_place=in_place, isolation=isolation) is not direct_run.run_direct:
+        return
+    for i in runs:
+        why = direct_refusal(i)
+        if why:
+            raise NotSupportedError(why, file=plan.file, line=i.node.start_line, column=i.node.column)
 
 
 def _expand(text: str, env: dict) -> str:

@@ -11,6 +11,7 @@ signal N.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import logging
@@ -26,6 +27,7 @@ from snapfs.engine.libc import libc
 from snapfs.engine.lifecycle import shielded
 from snapfs.engine.rootfs import split_path
 from snapfs.errors import BuildError, InputError, NotSupportedError, UsageError
+from . import mountless
 from .sandbox import pump_output, stream_target
 
 log = logging.getLogger("snapfs.incontainer")
@@ -90,7 +92,7 @@ def runner(isolation: str = "auto") -> Callable[..., Any]:
 
 
 def run_direct(spec, *, stdout: IO[Any] | None = None, stderr: IO[Any] | None = None):
-    """Run one RUN step as Kaniko does: no namespaces, no mounts, in the container's own root.
+    """Run one RUN step as Kaniko does: no namespaces, no mount(2), in the container's own root.
 
     The step runs in a new session (``setsid``), as the user of ``spec.user`` resolved in the root's own
     ``/etc/passwd``/``group`` (supplementary groups, gid, uid), in ``spec.workdir`` (created 0755, owned by the
@@ -100,21 +102,24 @@ def run_direct(spec, *, stdout: IO[Any] | None = None, stderr: IO[Any] | None = 
     still in its session are killed. ``spec.root`` is ``/`` in real use; any
     other root is entered with ``chroot`` (``CAP_SYS_CHROOT``, which a default pod has), for tests.
 
-    ``RUN --mount`` and ``--network=none`` need namespaces: :class:`NotSupportedError`. Returns a
-    ``sandbox.RunResult`` (127 when the command is not found, 126 when it cannot be executed, 128 + N when
-    killed by signal N); failing to set the step up is a :class:`BuildError`.
+    ``RUN --mount`` secrets, caches and tmpfs are emulated by :mod:`snapfs.run.mountless` (moved into the
+    root just before the command, out again when it is over, also when it failed or a signal came); bind
+    mounts and ``--network=none`` need namespaces: :class:`NotSupportedError`, before anything is done.
+    Returns a ``sandbox.RunResult`` (127 when the command is not found, 126 when it cannot be executed,
+    128 + N when killed by signal N; ``created``: the paths the mounts made and removed again, ``restored``:
+    the root's entries moved aside for them and put back); failing to set the step up, or to take its mounts
+    out again, is a :class:`BuildError`.
     """
-    from .sandbox import RunResult, step_environment
+    from .sandbox import step_environment
     from .sandbox_init import Root, SetupError
     from .users import resolve_user
 
-    if spec.mounts:
-        kinds = ", ".join(sorted({m.kind for m in spec.mounts}))
-        raise NotSupportedError(f"RUN --mount (type={kinds}) needs mount namespaces, which this container does "
-                                "not allow: it is not available when RUN steps run directly")
+    for m in spec.mounts:
+        why = mountless.refusal(m.kind, size=m.size)
+        if why:
+            raise NotSupportedError(why)
     if spec.network == "none":
-        raise NotSupportedError("RUN --network=none needs a network namespace, which this container does not "
-                                "allow")
+        raise NotSupportedError(mountless.NETWORK_NONE)
     if spec.network not in ("default", "host"):
         raise UsageError(f"RUN --network={spec.network}: expected one of default, host, none")
     if not spec.argv or not spec.argv[0]:
@@ -143,6 +148,24 @@ def run_direct(spec, *, stdout: IO[Any] | None = None, stderr: IO[Any] | None = 
             r.rfs.close()
     except (SetupError, OSError) as exc:
         raise BuildError(f"RUN {_show(spec.argv)}: working directory {workdir}: {exc}") from None
+    if not spec.mounts:
+        return _execute(spec, root, user, env, workdir, stdout, stderr)
+    # The mounts, emulated: placed just before the step, taken out right after, whatever happens in between.
+    placement = mountless.Placement(root)
+    try:
+        with shielded():
+            for m in spec.mounts:
+                placement.place(m)
+        result = _execute(spec, root, user, env, workdir, stdout, stderr)
+    finally:
+        with shielded():
+            created, restored = placement.undo()
+    return dataclasses.replace(result, created=created, restored=restored)
+
+
+def _execute(spec, root: str, user, env: dict, workdir: str, stdout, stderr):
+    """Start the step's command and wait for it; then end its session (see :func:`run_direct`)."""
+    from .sandbox import RunResult
 
     started = time.monotonic()
     out_arg, out_sink = stream_target(stdout)

@@ -89,6 +89,9 @@ class RunResult:
     exit_code: int  # the command's status, 128 + signal number when killed, 127 when not found
     seconds: float
     created: tuple[str, ...] = field(default=())  # mount points (relative to root) made for the step and removed
+    # Without namespaces (run_direct): entries of the root renamed aside for a mount and back, changed only in
+    # their ctime, which the snapshot would otherwise take for a change.
+    restored: tuple[str, ...] = field(default=())
 
 
 def run(spec: RunSpec, *, stdout: IO[Any] | None = None, stderr: IO[Any] | None = None) -> RunResult:
