@@ -237,3 +237,17 @@ def test_a_read_only_cache_and_a_base_it_lacks(warmed, read_only, live_registry,
     assert f"{host}/warm/busybox@{digest}: cached" in r.stderr
     assert tree(read_only) == before
     assert len(read_layout(out).layers) == 2
+
+
+def test_every_image_is_tried_and_any_failure_fails_the_warm(live_registry, tmp_path):
+    """Kaniko's warmer succeeds when any one image was cached; a build job then fails later, far from the cause."""
+    live, closed = live_registry.host, "127.0.0.1:1"
+    cache = tmp_path / "cache"
+    r = snapfs("warm", "-i", f"{closed}/x:y", "-i", f"{live}/warm/extra:1", f"--cache-dir={cache}",
+               f"--insecure-registry={closed}", f"--insecure-registry={live}", tmp=tmp_path)
+    assert r.returncode == 6
+    assert r.stderr.splitlines()[-1].startswith(f"snapfs: 1 of 2 images not warmed; the first: cannot reach "
+                                                f"registry {closed}: ")
+    assert f"pulled {live}/warm/extra:1" in r.stderr and len(os.listdir(cache / "roots")) == 1
+    with open(cache / "refs.json") as f:
+        assert list(json.load(f)["refs"]) == [f"{live}/warm/extra:1"]

@@ -97,7 +97,7 @@ def _pull_again(client: RegistryClient, ref: Reference, *, cache_dir: str, store
                 if not name.startswith(".tmp-"):
                     os.replace(os.path.join(blobs, algo, name), os.path.join(store.root, "blobs", algo, name))
         old = os.path.join(cache_dir, "roots", stageroot.chain_id([l.diff_id for l in image.layers]).split(":")[1])
-        if os.path.isdir(old):  # moved aside first: a build reading it now keeps a whole tree
+        if os.path.isdir(old):  # renamed first: no build finds a half-removed root under the name
             aside = f"{old}.tmp-{lifecycle.owner_tag()}"
             os.rename(old, aside)
             lifecycle.remove_tree(aside)
@@ -110,8 +110,8 @@ def cmd_warm(args: argparse.Namespace) -> int:
     setup_logging(args.verbosity, args.log_format, args.log_timestamp)
     for flag in ("dockerfile", "build_arg"):
         if getattr(args, flag):
-            raise NotSupportedError(f"warm: --{flag.replace('_', '-')} is not supported yet: list the base images "
-                             "with --image or --images-file")
+            raise NotSupportedError(f"warm: --{flag.replace('_', '-')} is not supported yet: list the base "
+                                    "images with --image or --images-file")
     refs = _images(args)
     platform = Platform.parse(args.custom_platform) if args.custom_platform else Platform.host()
     cache_dir = os.path.abspath(args.cache_dir or default_cache_dir())
