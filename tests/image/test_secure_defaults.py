@@ -103,9 +103,17 @@ PULL_DEFAULTS = {"ref": ("busybox", None, None), "oci_layout": ("out", None, Non
 PUSH_DEFAULTS = {"source": ("out", None, None), "ref": (["r.example/x:1"], None, None),
                  "digest_file": (None, None, None), "cache_dir": (None, None, None), "verbose": (0, None, None),
                  **_REGISTRY}
+WARM_DEFAULTS = {"image": ([], None, None), "images_file": (None, None, None),
+                 "cache_dir": (None, "the one snapfs build uses without --cache-dir", None),
+                 "force": (False, None, None), "custom_platform": (None, "the host's", None),
+                 "dockerfile": (None, None, None), "build_arg": ([], None, None),  # refused: not supported yet
+                 "verbosity": ("info", None, None), "log_format": ("text", None, None),
+                 "log_timestamp": (False, None, None), **_REGISTRY}
 BARE = {"build": ["build"], "pull": ["pull", "busybox", "--oci-layout", "out"],
         "push": ["push", "out", "r.example/x:1"]}
+BARE["warm"] = ["warm"]
 TABLES = {"build": BUILD_DEFAULTS, "pull": PULL_DEFAULTS, "push": PUSH_DEFAULTS}
+TABLES["warm"] = WARM_DEFAULTS
 
 
 @pytest.fixture
@@ -125,7 +133,7 @@ def _doc_rows() -> list[str]:
         return [line for line in f if line.startswith("| `")]
 
 
-@pytest.mark.parametrize("command", ["build", "pull", "push"])
+@pytest.mark.parametrize("command", ["build", "pull", "push", "warm"])
 def test_every_option_parses_to_its_documented_default(parser, command):
     table = TABLES[command]
     got = vars(parser.parse_args(BARE[command]))

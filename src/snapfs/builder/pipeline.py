@@ -5,9 +5,11 @@ Outputs are written only when every needed stage built; a failed build leaves no
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -25,6 +27,7 @@ from snapfs.image.model import Image, Layer, canonical_json, convert, empty_imag
 from snapfs.image.reference import Reference
 from snapfs.image.registry.client import RegistryClient, RegistryOptions
 from snapfs.image.transports import OutputOptions, check_destinations, is_local_spec, load_image, write_outputs
+from snapfs.image.warmrefs import WarmRefs
 from snapfs.mediatypes import DOCKER_MANIFEST, OCI_MANIFEST
 from snapfs.platforms import Platform
 from snapfs.redact import redact_url
@@ -89,6 +92,21 @@ class _Stage:
 
 def default_cache_dir() -> str:
     return os.environ.get("SNAPFS_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "snapfs")
+
+
+def _cache_writable(path: str) -> bool:
+    """Can this build write to its cache directory? Not when it is a read-only volume (EROFS) or a directory
+    this user may only read (EACCES, EPERM); any other failure is an error of its own."""
+    try:
+        lifecycle.private_dir(path, tighten=False)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=path)
+    except OSError as exc:
+        if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return False
+        raise
+    os.close(fd)
+    os.unlink(probe)
+    return True
 
 
 def build(options: BuildOptions) -> BuildResult:
@@ -216,10 +234,19 @@ class _Builder:
         self.o, self.plan, self.scratch, self.context = options, plan, scratch, context
         self.in_place, self.credentials = in_place, credentials  # in_place: the snapfs dir, or None
         self.cache_dir = options.cache_dir or default_cache_dir()
+        # A pre-warmed cache mounted read-only into many builds: bases are read from it (``shared``), anything
+        # new (blobs, unpacked bases, RUN caches) goes to a cache in this build's scratch directory.
+        self.shared_cache: str | None = None
+        if not _cache_writable(self.cache_dir):
+            self.shared_cache, self.cache_dir = self.cache_dir, os.path.join(scratch, "cache")
+            log.info("cache directory %s is read-only: base images are read from it, anything new is kept in "
+                     "the build's scratch directory", self.shared_cache)
         # 0700: unpacked bases keep their setuid files; RUN caches hold whatever steps put there.
         lifecycle.private_dir(self.cache_dir, tighten=False)
         lifecycle.private_dir(os.path.join(self.cache_dir, "run-cache"))
-        self.store = BlobStore(os.path.join(self.cache_dir, "blobs"), private=True)
+        shared = BlobStore(os.path.join(self.shared_cache, "blobs")) if self.shared_cache else None
+        self.store = BlobStore(os.path.join(self.cache_dir, "blobs"), private=True, fallback=shared)
+        self.warm_refs = WarmRefs(self.shared_cache or self.cache_dir)  # tags `snapfs warm` resolved
         self.layer_dir = os.path.join(scratch, "layers")
         os.makedirs(self.layer_dir, exist_ok=True)
         self._client: RegistryClient | None = None
@@ -327,7 +354,7 @@ class _Builder:
         if stage.base.lower() == "scratch":
             return empty_image(self._platform(stage), oci=self.o.image_format == "oci"), None
         return load_image(stage.base, store=self.store, client=None if is_local_spec(stage.base) else self.client(),
-                          platform=self._platform(stage))
+                          platform=self._platform(stage), warm_refs=self.warm_refs)
 
     def _build_stage(self, index: int) -> _Stage:
         stage = self.plan.stages[index]
@@ -428,7 +455,7 @@ class _Builder:
             if stage.base_stage is not None:
                 lowers = self.roots[stage.base_stage].child_lowers()
             else:
-                lowers = [stageroot.cached_base(base, self.cache_dir)] if base.layers else []
+                lowers = [stageroot.cached_base(base, self.cache_dir, shared=self.shared_cache)] if base.layers else []
             root = stageroot.overlay_stage(self.scratch, name, lowers, layers=base.layers)
         else:
             root = stageroot.plain_stage(self.scratch, name, base.layers)
@@ -449,8 +476,9 @@ class _Builder:
     def image_root(self, ref: str) -> str:
         """COPY --from=<image>: the image's flattened root from the cache (unpacked once, read only)."""
         if ref not in self.images:
-            image, _ = load_image(ref, store=self.store, client=None if is_local_spec(ref) else self.client())
-            self.images[ref] = (image, stageroot.cached_base(image, self.cache_dir))
+            image, _ = load_image(ref, store=self.store, client=None if is_local_spec(ref) else self.client(),
+                                  warm_refs=self.warm_refs)
+            self.images[ref] = (image, stageroot.cached_base(image, self.cache_dir, shared=self.shared_cache))
         return self.images[ref][1]
 
     def filtered_context(self) -> str:

@@ -115,9 +115,14 @@ def _discard(path: str) -> None:
         remove_path(path)
 
 
-def cached_base(image: Image, cache_dir: str) -> str:
-    """The flattened root of ``image``'s layers, unpacked once into the cache (read-only by convention)."""
+def cached_base(image: Image, cache_dir: str, *, shared: str | None = None) -> str:
+    """The flattened root of ``image``'s layers, unpacked once into the cache (read-only by convention).
+    ``shared``: a cache directory this build may only read (a pre-warmed volume), whose roots are used first."""
     cid = chain_id([l.diff_id for l in image.layers])
+    if shared:
+        theirs = os.path.join(shared, "roots", cid.split(":", 1)[1])
+        if os.path.isdir(theirs):  # only finished roots have this name (see the rename below)
+            return theirs
     roots = os.path.join(cache_dir, "roots")
     path = os.path.join(roots, cid.split(":", 1)[1])
     # 0700, also when an older snapfs made it 0755: the roots keep their image's setuid files and devices.

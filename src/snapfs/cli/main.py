@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "snapfs.cli.engine",
     "snapfs.cli.dockerfile",
     "snapfs.cli.registry",
+    "snapfs.cli.warm",
 )
 
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         lifecycle.handle_signals()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv and argv[0] == "build":  # Kaniko's Go-style booleans (--no-push=true)
+        if argv and argv[0] in ("build", "warm"):  # Kaniko's Go-style booleans (--no-push=true)
             from .build import normalize_booleans
 
             argv = argv[:1] + normalize_booleans(argv[1:])

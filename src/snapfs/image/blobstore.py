@@ -113,7 +113,7 @@ class BlobWriter:
                 if diff_id != self._diff_id:
                     raise BlobMismatch(f"{self._what}: uncompressed digest {diff_id} does not match diff_id "
                                        f"{self._diff_id}")
-            path = self._store.path(self.expected)
+            path = self._store.own_path(self.expected)
             os.chmod(self.tmp_path, 0o644)
             os.replace(self.tmp_path, path)
             self._done = True
@@ -143,11 +143,15 @@ class BlobWriter:
 
 class BlobStore:
     """``ROOT/blobs/<algo>/<hex>``: lookups by digest, verified writes. A ``private`` store (the pull cache)
-    creates its directories 0700; an OCI layout's keeps the umask's modes, it is the user's output."""
+    creates its directories 0700; an OCI layout's keeps the umask's modes, it is the user's output.
 
-    def __init__(self, root: str, *, private: bool = False) -> None:
+    A ``fallback`` store (a pre-warmed cache mounted read-only) is only read: ``has`` and ``path`` find its
+    blobs, every write lands in this store."""
+
+    def __init__(self, root: str, *, private: bool = False, fallback: BlobStore | None = None) -> None:
         self.root = os.path.abspath(root)
         self.private = private
+        self.fallback = fallback
 
     def make_dir(self, directory: str) -> None:
         if self.private:
@@ -155,15 +159,29 @@ class BlobStore:
         else:
             os.makedirs(directory, exist_ok=True)
 
-    def path(self, digest: str) -> str:
+    def own_path(self, digest: str) -> str:
+        """Where this store keeps (or will write) ``digest``, whatever the fallback holds."""
         algo, hexpart = digest_parts(digest)
         return os.path.join(self.root, "blobs", algo, hexpart)
 
+    def path(self, digest: str) -> str:
+        own = self.own_path(digest)
+        if self.fallback is not None and not os.path.exists(own):
+            theirs = self.fallback.path(digest)
+            if os.path.exists(theirs):
+                return theirs
+        return own
+
     def has(self, digest: str, *, size: int | None = None) -> bool:
         try:
-            st = os.stat(self.path(digest))
+            st = os.stat(self.own_path(digest))
         except FileNotFoundError:
-            return False
+            if self.fallback is None:
+                return False
+            try:
+                return self.fallback.has(digest, size=size)
+            except OSError:  # a shared cache this user may not read is no cache
+                return False
         return size is None or st.st_size == size
 
     def writer(self, digest: str, *, size: int | None = None, diff_id: str | None = None,
@@ -196,7 +214,7 @@ class BlobStore:
         """Add a file under ``digest``: hard-linked when possible (same filesystem), else copied; verified."""
         if self.has(digest, size=size):
             return self.path(digest)
-        target = self.path(digest)
+        target = self.own_path(digest)
         self.make_dir(os.path.dirname(target))
         if os.path.abspath(src_path) == target:
             return target

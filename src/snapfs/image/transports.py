@@ -16,8 +16,8 @@ from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 from snapfs.engine.rootfs import remove_path
-from snapfs.errors import InputError
-from snapfs.image.registry.client import RegistryClient, RegistryOptions
+from snapfs.errors import InputError, RegistryError
+from snapfs.image.registry.client import RegistryClient, RegistryConnectionError, RegistryOptions
 from snapfs.image.registry.pull import pull_image
 from snapfs.image.registry.push import check_push_access, push_image
 from .blobstore import BlobStore
@@ -26,6 +26,7 @@ from snapfs.platforms import Platform
 from .model import Image
 from .reference import Reference, parse_reference
 from .tarball import read_tarball, write_tarball
+from .warmrefs import WarmRefs
 
 log = logging.getLogger("snapfs.outputs")
 
@@ -124,11 +125,13 @@ def is_local_spec(spec: str) -> bool:
 
 
 def load_image(spec: str, *, store: BlobStore, client: RegistryClient | None = None,
-               platform: Platform | None = None) -> tuple[Image, Reference | None]:
+               platform: Platform | None = None,
+               warm_refs: WarmRefs | None = None) -> tuple[Image, Reference | None]:
     """A base image from ``spec``: a registry reference, ``oci:DIR[:REF]`` or ``docker-archive:FILE[:TAG]``.
 
     Returns the image and, for registry images, the resolved reference (used for cross-repository mounts).
-    Registry layers and tarball layers land in ``store``; layout layers stay in the layout.
+    Registry layers and tarball layers land in ``store``; layout layers stay in the layout. A tag whose
+    registry cannot be reached is taken from ``warm_refs`` (what ``snapfs warm`` recorded) when it is there.
     """
     kind, rest = split_transport(spec)
     if kind == "oci":
@@ -140,4 +143,16 @@ def load_image(spec: str, *, store: BlobStore, client: RegistryClient | None = N
     ref = parse_reference(spec)
     if client is None:
         raise InputError(f"{spec}: pulling needs a registry client")
-    return pull_image(client, ref, store, platform=platform), ref
+    try:
+        return pull_image(client, ref, store, platform=platform), ref
+    except RegistryConnectionError as exc:
+        digest = warm_refs.lookup(ref, platform or Platform.host()) if warm_refs is not None else None
+        if digest is None:
+            raise
+        try:  # every blob is in the store: no request is made
+            image = pull_image(client, ref.with_digest(digest), store, platform=platform)
+        except RegistryError:
+            raise exc from None
+        log.warning("%s: registry unreachable (%s); using %s as snapfs warm recorded it: the tag was not "
+                    "re-checked", ref, exc.message, digest)
+        return image, ref

@@ -53,9 +53,12 @@ def pull_image(client: RegistryClient, ref: Reference, store: BlobStore, *,
     started = time.monotonic()
     for attempt in range(attempts):
         try:
-            image = _pull_from_candidates(client, ref, store, want)
-            log.info("pulled %s (%s, %d layers) in %.1fs", ref, image.digest, len(image.layers),
-                     time.monotonic() - started)
+            image, downloaded = _pull_from_candidates(client, ref, store, want)
+            if downloaded:
+                log.info("pulled %s (%s, %d layers) in %.1fs", ref, image.digest, len(image.layers),
+                         time.monotonic() - started)
+            else:
+                log.info("%s: cached (%s, %d layers), nothing to download", ref, image.digest, len(image.layers))
             return image
         except RegistryError as exc:
             if attempt + 1 >= attempts or not _is_transient(exc):
@@ -67,11 +70,14 @@ def pull_image(client: RegistryClient, ref: Reference, store: BlobStore, *,
     raise AssertionError("unreachable")
 
 
-def _pull_from_candidates(client: RegistryClient, ref: Reference, store: BlobStore, want: Platform) -> Image:
+def _pull_from_candidates(client: RegistryClient, ref: Reference, store: BlobStore,
+                          want: Platform) -> tuple[Image, bool]:
+    """The image, and whether any manifest or blob had to be downloaded."""
     places = candidates(ref, client)
     for i, cand in enumerate(places):
         try:
-            return Puller(client, cand, store).pull(want)
+            puller = Puller(client, cand, store)
+            return puller.pull(want), puller.downloaded
         except RegistryError as exc:
             if i + 1 == len(places):
                 raise
@@ -87,6 +93,7 @@ class Puller:
         self.client, self.ref, self.store = client, ref, store
         self.host = ref.api_host
         self.scopes = (pull_scope(ref.repository),)
+        self.downloaded = False  # any manifest or blob fetched (a HEAD that finds the cache does not count)
 
     def _get(self, path: str, *, method: str = "GET", headers: dict | None = None, ok=(200,), what: str = ""):
         return self.client.request(method, f"/v2/{self.ref.repository}{path}", host=self.host, scopes=self.scopes,
@@ -127,6 +134,7 @@ class Puller:
         raise AssertionError("unreachable")
 
     def _fetch_manifest(self, identifier: str, *, expect: str | None, accept: dict) -> tuple[bytes, str]:
+        self.downloaded = True
         resp = self._get(f"/manifests/{identifier}", headers=accept, ok=(200, 404))
         if resp.status_code == 404:
             resp.close()
@@ -217,6 +225,7 @@ class Puller:
     def _download_once(self, digest: str, *, size: int, diff_id: str | None, what: str) -> str:
         if self.store.has(digest, size=size):
             return self.store.path(digest)
+        self.downloaded = True
         resp = self._get(f"/blobs/{digest}", what=what)
         with contextlib.closing(resp), self.store.writer(digest, size=size, diff_id=diff_id, what=what) as writer:
             try:
