@@ -90,8 +90,10 @@ def test_failed_build_leaves_no_output_and_no_tag(registry, ctx, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--cache=true"], "--cache (layer caching) is not supported yet"),
-    (["--cache-repo=oci:/tmp/x"], "--cache-repo (layer caching) is not supported yet"),
+    (["--cache=true", "--no-push"], "--cache needs --cache-repo (a registry repository or oci:DIR)"),
+    (["--cache", "--cache-repo=docker-archive:/x.tar", "--no-push"], "--cache-repo 'docker-archive:/x.tar': use a "
+                                                                     "registry repository or oci:DIR"),
+    (["--cache", "--cache-ttl=soon"], "--cache-ttl 'soon': expected a duration such as 336h"),
     (["--no-push=maybe"], "--no-push: expected true or false, got 'maybe'"),
     (["--snapshot-mode=fast"], "invalid choice: 'fast'"),
     # Checked before any work: the context is not even read (it used to fail after the first step's snapshot).
