@@ -66,6 +66,8 @@ class BuildOptions:
     in_place: bool | None = None  # build over "/" like Kaniko (None: when running from the executor image)
     snapfs_dir: str = ""  # in-place mode: the builder's own directory, never snapshotted or cleaned
     cleanup: bool = False  # in-place mode: clean the root once the build is done
+    log_run_output: bool = False  # RUN output as log records, one per line with its step (--log-format json)
+    platform_mismatch: str = "error"  # a single-platform base for another platform than asked: error | warn
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,7 @@ class BuildResult:
     layers: tuple[Layer, ...]
     timings: tuple[StepTiming, ...]
     seconds: float
+    unpack: float = 0.0  # seconds spent unpacking base layers (0: every base came from the cache)
 
 
 @dataclass
@@ -131,7 +134,7 @@ def build(options: BuildOptions) -> BuildResult:
         if in_place and options.cleanup:
             incontainer.clean_root("/", builder.keep)
         seconds = time.perf_counter() - t0
-        result = BuildResult(digest, image, tuple(layers), tuple(timings), seconds)
+        result = BuildResult(digest, image, tuple(layers), tuple(timings), seconds, unpack=builder.unpack_seconds)
         _summary(result)
         if options.benchmark_file:
             _write_benchmark(options.benchmark_file, result)
@@ -219,6 +222,7 @@ class _Builder:
             ignore = list(incontainer.ignore_list("/", in_place, extra=tuple(ignore)))
         self.keep = tuple(p.strip("/") for p in ignore if p.strip("/"))
         self.stage_copies: dict[int, str] = {}
+        self.unpack_seconds = 0.0  # base layers unpacked by this build (cached bases cost nothing)
         self.stage_opts = StageOptions(
             layer_dir=self.layer_dir, compression=options.compression, compression_level=options.compression_level,
             snapshot_mode=options.snapshot_mode, single_snapshot=options.single_snapshot, epoch=epoch,
@@ -276,6 +280,11 @@ class _Builder:
         base, ref = self._base(stage)
         base = convert(base, oci=self.o.image_format == "oci")
         sroot = self._stage_root(index, stage, base)
+        if sroot.unpacked is not None:  # a cold base: the time it took is part of the build's, so say it
+            self.unpack_seconds += sroot.unpacked.seconds
+            n = sroot.unpacked.layers
+            log.info("  base unpacked in %.2fs (%s, %d layer%s)", sroot.unpacked.seconds, _size(sroot.unpacked.size),
+                     n, "" if n == 1 else "s")
         cfg = imageconfig.start_stage(base.config(), platform=self._platform(stage))
         state = StageState(root=sroot.path, base=base, config=cfg, upper=sroot.upper)
         state.snapshot = executor.take(sroot.path, ignore=self.stage_opts.ignore_paths, quiescent=True)
@@ -295,7 +304,7 @@ class _Builder:
                            in_place=self.in_place, isolation=self.o.isolation, secrets=self.o.secrets,
                            stage_opts=self.stage_opts, built_stages=frozenset(self.stages),
                            stage_source=self.stage_source, image_root=self.image_root,
-                           filtered_context=self.filtered_context)
+                           filtered_context=self.filtered_context, log_run_output=self.o.log_run_output)
         runner = StepRunner(ctx, state)
         for raw in todo:
             instruction, scope_after = expand_instruction(raw, scope, escape=self.plan.escape, file=self.plan.file)
@@ -336,14 +345,20 @@ class _Builder:
         name = f"stage-{index}"
         if self.in_place:  # Kaniko's way: the container's own root, emptied, then the base unpacked over it
             incontainer.clean_root("/", self.keep)
-            stageroot.unpack(base.layers, "/", keep=self.keep)
-            root = stageroot.StageRoot("/")
+            unpacked = stageroot.unpack(base.layers, "/", keep=self.keep)
+            root = stageroot.StageRoot("/", unpacked=unpacked if base.layers else None)
         elif self.overlay:
+            unpacked = None
             if stage.base_stage is not None:
                 lowers = self.roots[stage.base_stage].child_lowers()
+            elif base.layers:
+                cached, unpacked = stageroot.cached_base(base, self.cache_dir)
+                lowers = [cached]
             else:
-                lowers = [stageroot.cached_base(base, self.cache_dir)] if base.layers else []
+                lowers = []
             root = stageroot.overlay_stage(self.scratch, name, lowers, layers=base.layers)
+            if root.unpacked is None:
+                root.unpacked = unpacked
         else:
             root = stageroot.plain_stage(self.scratch, name, base.layers)
         self.roots[index] = root
@@ -364,7 +379,7 @@ class _Builder:
         """COPY --from=<image>: the image's flattened root from the cache (unpacked once, read only)."""
         if ref not in self.images:
             image, _ = load_image(ref, store=self.store, client=None if is_local_spec(ref) else self.client())
-            self.images[ref] = (image, stageroot.cached_base(image, self.cache_dir))
+            self.images[ref] = (image, stageroot.cached_base(image, self.cache_dir)[0])
         return self.images[ref][1]
 
     def filtered_context(self) -> str:
@@ -426,12 +441,12 @@ def _summary(r: BuildResult) -> None:
     run = sum(t.run for t in r.timings)
     snap = sum(t.snapshot for t in r.timings)
     lay = sum(t.layer for t in r.timings)
-    log.info("built %s in %.2fs (run %.2fs, snapshot %.2fs, layers %.2fs; %d new layers)", r.digest, r.seconds,
-             run, snap, lay, len(r.layers))
+    log.info("built %s in %.2fs (unpack %.2fs, run %.2fs, snapshot %.2fs, layers %.2fs; %d new layers)", r.digest,
+             r.seconds, r.unpack, run, snap, lay, len(r.layers))
 
 
 def _write_benchmark(path: str, r: BuildResult) -> None:
-    data = {"digest": r.digest, "seconds": round(r.seconds, 4),
+    data = {"digest": r.digest, "seconds": round(r.seconds, 4), "unpack": round(r.unpack, 4),
             "steps": [{"step": t.index, "instruction": t.instruction, "run": round(t.run, 4),
                        "snapshot": round(t.snapshot, 4), "layer": round(t.layer, 4), "layer_size": t.layer_size}
                       for t in r.timings]}
