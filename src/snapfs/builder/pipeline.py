@@ -163,6 +163,8 @@ def _check(o: BuildOptions) -> None:
     if o.image_format == "docker" and o.compression != "gzip":
         raise UsageError("--image-format docker needs gzip layers (Docker manifests cannot name zstd)")
     check_compression(o.compression, o.compression_level)  # before any work, not when the first layer is written
+    if o.platform_mismatch not in ("error", "warn"):
+        raise UsageError(f"unknown --platform-mismatch {o.platform_mismatch!r} (choose error or warn)")
     if not o.outputs.destinations and not o.outputs.no_push and not (o.outputs.tar_path or o.outputs.oci_layout_path):
         raise UsageError("no output: give --destination, --tar-path or --oci-layout-path (or --no-push)")
 
@@ -213,6 +215,7 @@ class _Builder:
         self.scopes: dict = {}  # each built stage's final scope: a child stage inherits its ARGs
         self.overlay = not in_place and options.isolation != "none" and stageroot.overlay_available(scratch)
         self.images: dict[str, tuple[Image, str]] = {}  # COPY --from images, unpacked
+        self.bases: dict[tuple[str, str], tuple[Image, Reference | None]] = {}  # (spec, platform) -> base
         self._filtered: str | None = None  # the context less .dockerignore'd files, made on first use
         created, epoch = _created(options)
         ignore = list(options.ignore_paths)
@@ -245,6 +248,7 @@ class _Builder:
         return RegistryClient(self.o.registry, credentials=self.credentials) if need else _NoClient()
 
     def run(self):
+        self.check_platforms()
         total = sum(len(self.plan.stages[i].instructions) + 1 for i in self.plan.needed)
         self.step_no, self.total = 0, total
         mount_from: list[Reference] = []
@@ -271,8 +275,49 @@ class _Builder:
             return self.stages[stage.base_stage].image, None
         if stage.base.lower() == "scratch":
             return empty_image(self._platform(stage), oci=self.o.image_format == "oci"), None
-        return load_image(stage.base, store=self.store, client=None if is_local_spec(stage.base) else self.client(),
-                          platform=self._platform(stage))
+        return self._image(stage.base, self._platform(stage))
+
+    def _image(self, spec: str, platform: Platform) -> tuple[Image, Reference | None]:
+        """A base image, loaded once per build (the platform check loads them before the first step)."""
+        key = (spec, str(platform))
+        if key not in self.bases:
+            self.bases[key] = load_image(spec, store=self.store, client=None if is_local_spec(spec) else self.client(),
+                                         platform=platform)
+        return self.bases[key]
+
+    def check_platforms(self, *, binfmt_dir: str | None = None) -> None:
+        """Before any step: every base's platform against the one asked for, and emulation for stages whose RUN
+        steps execute foreign binaries.
+
+        A single-platform base for another platform than ``--custom-platform`` or ``FROM --platform`` asked is
+        an error (``--platform-mismatch=warn``: a warning, and the base is used as it is; its config keeps its
+        own platform, so the image says what it holds). Without an explicit request the host is only a default,
+        and the base is taken as it is. RUN steps run the base's binaries: for a foreign architecture they need
+        a binfmt_misc handler (:mod:`snapfs.run.emulation`)."""
+        from snapfs.frontend import instructions as ins
+        from snapfs.run.emulation import BINFMT_DIR, check_can_run
+
+        runs_as: dict[int, Platform] = {}  # the platform of each stage's binaries
+        for index in self.plan.needed:
+            stage = self.plan.stages[index]
+            want = self._platform(stage)
+            if stage.base_stage is not None:
+                have = runs_as.get(stage.base_stage, want)
+            elif stage.base.lower() == "scratch":
+                have = want
+            else:
+                have = self._image(stage.base, want)[0].platform() or want
+                asked = stage.platform or self.o.custom_platform
+                if asked and not want.matches(have):
+                    text = (f"base image {redact_url(stage.base)} is for {have}, not the requested {want} (a "
+                            "single-platform image: no index to pick another from)")
+                    if self.o.platform_mismatch != "warn":
+                        raise InputError(f"{text}; --platform-mismatch=warn uses it anyway")
+                    log.warning("%s; using it as it is (--platform-mismatch=warn)", text)
+            runs_as[index] = have
+            if any(isinstance(i, ins.Run) for i in stage.instructions):
+                name = f"stage {stage.name or index}: "
+                check_can_run(have, binfmt_dir=binfmt_dir or BINFMT_DIR, stage=name)
 
     def _build_stage(self, index: int) -> _Stage:
         stage = self.plan.stages[index]
