@@ -56,7 +56,8 @@ def register(sub) -> None:
     p.add_argument("--target", default=None, help="stage to build")
     p.add_argument("--custom-platform", default=None, metavar="OS/ARCH[/VARIANT]")
     p.add_argument("--platform-mismatch", default="error", choices=("error", "warn"),
-                   help="a single-platform base for another platform than asked: fail (default) or warn and use it")
+                   help="a single-platform base for another platform than asked: error, or warn and use it "
+                        "(default: error)")
     p.add_argument("-d", "--destination", action="append", default=[], metavar="REF")
     p.add_argument("--tar-path", default=None, help="also write a docker-archive tarball")
     p.add_argument("--oci-layout-path", default=None, help="also write an OCI image layout")
