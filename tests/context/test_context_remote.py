@@ -59,15 +59,16 @@ def fails(spec: str, workdir: str, pattern: str, *, secrets=(), logs=None, capsy
 
 # --- https ---------------------------------------------------------------------------------------------------
 
-def test_https_download_with_progress(https_server, app_tgz, workdir, monkeypatch, capsys):
+def test_https_download_with_progress(https_server, app_tgz, workdir, monkeypatch, caplog):
     os.replace(app_tgz, os.path.join(https_server.root, "ctx.tgz"))
     monkeypatch.setenv("SSL_CERT_FILE", https_server.ca)
+    caplog.set_level(logging.INFO, logger="snapfs.progress")
     for path in ("ctx.tgz", "redirect/ctx.tgz"):
         ctx = fetch_context(f"{https_server.url}/{path}", workdir=workdir, sub_path="app")
         assert sorted(os.listdir(ctx.root)) == ["data", "hello.sh", "link.sh"]
         ctx.cleanup()
-    err = capsys.readouterr().err
-    assert f"snapfs: downloaded {https_server.url}/ctx.tgz: " in err
+    lines = [r.getMessage() for r in caplog.records if r.name == "snapfs.progress"]
+    assert any(line.startswith(f"downloaded {https_server.url}/ctx.tgz: ") for line in lines), lines
 
 
 @pytest.mark.parametrize("kind", ["zstd", "xz", "none"])

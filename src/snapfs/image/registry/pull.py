@@ -211,7 +211,7 @@ class Puller:
             return self.store.path(digest)
         resp = self._get(f"/blobs/{digest}", what=what)
         with contextlib.closing(resp), self.store.writer(digest, size=size, diff_id=diff_id, what=what) as writer, \
-                Transfer(what, total=size) as progress:
+                Transfer(what.replace(digest, digest[:19]), total=size) as progress:
             try:
                 for chunk in resp.iter_bytes(1 << 20):
                     writer.write(chunk)
