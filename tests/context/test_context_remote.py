@@ -38,6 +38,11 @@ def logs(caplog):
     return caplog
 
 
+def progress_text(caplog) -> str:
+    """The progress lines logged so far (one summary per context download)."""
+    return "\n".join(r.getMessage() for r in caplog.records if r.name == "snapfs.progress")
+
+
 def fails(spec: str, workdir: str, pattern: str, *, secrets=(), logs=None, capsys=None, **kw) -> str:
     """fetch_context fails with one line matching ``pattern``; the secrets appear nowhere."""
     with pytest.raises(ContextError) as info:
@@ -122,7 +127,7 @@ def s3_env(s3_server, monkeypatch):
     return s3_server
 
 
-def test_s3_fetch_key_and_default_key(s3_env, app_tgz, workdir, capsys):
+def test_s3_fetch_key_and_default_key(s3_env, app_tgz, workdir, logs):
     s3_env.client.upload_file(app_tgz, s3_env.bucket, "builds/app.tar.gz")
     s3_env.client.upload_file(app_tgz, s3_env.bucket, "context.tar.gz")
     for spec in (f"s3://{s3_env.bucket}/builds/app.tar.gz", f"s3://{s3_env.bucket}"):
@@ -130,7 +135,7 @@ def test_s3_fetch_key_and_default_key(s3_env, app_tgz, workdir, capsys):
         check_app(ctx.root)
         assert locate_dockerfile(ctx, "Dockerfile", workdir=workdir) == os.path.join(ctx.root, "Dockerfile")
         ctx.cleanup()
-    assert f"downloaded s3://{s3_env.bucket}/context.tar.gz: " in capsys.readouterr().err
+    assert f"downloaded s3://{s3_env.bucket}/context.tar.gz: " in progress_text(logs)
     ctx = fetch_context(f"s3://{s3_env.bucket}/builds/app.tar.gz", workdir=workdir, sub_path="sub")
     assert sorted(os.listdir(ctx.root)) == ["Dockerfile.sub", "x", "x-hard"]
     ctx.cleanup()
@@ -158,7 +163,7 @@ def test_s3_errors(s3_env, workdir, monkeypatch, logs, capsys):
 
 # --- GCS -----------------------------------------------------------------------------------------------------
 
-def test_gcs_fetch_and_errors(gcs_server, app_tgz, workdir, monkeypatch, capsys, tls):
+def test_gcs_fetch_and_errors(gcs_server, app_tgz, workdir, monkeypatch, tls, logs):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server.host)
     monkeypatch.setenv("SSL_CERT_FILE", tls["ca"])  # handed to the client's session (the emulator is plain http)
     bucket = gcs_server.client.bucket(gcs_server.bucket)
@@ -168,7 +173,7 @@ def test_gcs_fetch_and_errors(gcs_server, app_tgz, workdir, monkeypatch, capsys,
         ctx = fetch_context(spec, workdir=workdir)
         check_app(ctx.root)
         ctx.cleanup()
-    assert f"downloaded gs://{gcs_server.bucket}/ci/ctx.tar.gz: " in capsys.readouterr().err
+    assert f"downloaded gs://{gcs_server.bucket}/ci/ctx.tar.gz: " in progress_text(logs)
     ctx = fetch_context(f"gs://{gcs_server.bucket}/ci/ctx.tar.gz", workdir=workdir, sub_path="app/data")
     assert os.listdir(ctx.root) == [".wh.notawhiteout"]
     ctx.cleanup()
@@ -189,13 +194,13 @@ def azure_blob(azurite, app_tgz):
     return azurite
 
 
-def test_azure_shared_key_with_endpoint_override(azure_blob, workdir, monkeypatch, capsys):
+def test_azure_shared_key_with_endpoint_override(azure_blob, workdir, monkeypatch, logs):
     monkeypatch.setenv("AZURE_STORAGE_ACCESS_KEY", AZURE_KEY)
     monkeypatch.setenv("AZURE_STORAGE_BLOB_ENDPOINT", azure_blob.endpoint)
     ctx = fetch_context(BLOB_URL, workdir=workdir)
     check_app(ctx.root)
     ctx.cleanup()
-    assert f"downloaded {BLOB_URL}: " in capsys.readouterr().err
+    assert f"downloaded {BLOB_URL}: " in progress_text(logs)
 
 
 def test_azure_connection_string(azure_blob, workdir, monkeypatch):
