@@ -244,6 +244,10 @@ def setup_logging(verbosity: str, fmt: str, timestamps: bool) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    if fmt == "json":  # the libraries' warnings (and Python's) in the same format, not as bare text
+        logging.captureWarnings(True)
+        top = logging.getLogger()
+        top.handlers[:] = [h for h in top.handlers if not isinstance(h, _StderrHandler)] + [handler]
     progress.configure("bar" if tty and fmt != "json" and level <= logging.INFO else "log")
 
 
