@@ -140,9 +140,13 @@ class _CountingRaw(io.RawIOBase):
         return True
 
     def readinto(self, buf) -> int:
-        data = self._f.read(len(buf))
-        n = len(data)
-        buf[:n] = data
+        readinto = getattr(self._f, "readinto", None)
+        if readinto is not None:
+            n = readinto(buf) or 0
+        else:
+            data = self._f.read(len(buf))
+            n = len(data)
+            buf[:n] = data
         if n:
             self._t.update(n)
         return n

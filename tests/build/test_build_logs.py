@@ -10,8 +10,10 @@ import logging
 import os
 import pty
 import re
+import select
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -157,3 +159,33 @@ def test_pull_unpack_and_push_report_progress(tmp_path, registry, monkeypatch, c
     assert any(line.startswith(f"unpacking layer {base}: ") for line in lines), lines
     assert any(line.startswith(f"uploading {registry.host}/progress/app: blob {mine}: ") for line in lines), lines
     assert result.unpack > 0
+
+
+def test_json_an_interrupted_build_says_so_in_json(tmp_path, busybox_layout):
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(f"FROM oci:{busybox_layout}:busybox\nRUN echo json-$((6*7))-started && sleep 977\n")
+    proc = subprocess.Popen([sys.executable, "-m", "snapfs", "build", f"--context=dir://{ctx}", "--no-push",
+                             f"--cache-dir={tmp_path / 'cache'}", "--log-format=json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        seen = b""
+        deadline = time.monotonic() + 60
+        while b"json-42-started" not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stderr], [], [], 1)
+            if ready:
+                chunk = os.read(proc.stderr.fileno(), 65536)
+                assert chunk, seen
+                seen += chunk
+        assert b"json-42-started" in seen, seen
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143
+    assert out == b""
+    lines = json_lines((seen + err).decode())
+    assert any({"step": 2, "stream": "stdout", "msg": "json-42-started"}.items() <= o.items() for o in lines), lines
+    assert lines[-1]["level"] == "error" and lines[-1]["msg"] == "snapfs: build interrupted (SIGTERM)"
