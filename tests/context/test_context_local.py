@@ -1,4 +1,5 @@
-"""Local sources (dir, path, tar file, stdin), sub-paths, Dockerfile locations, masking and progress."""
+"""Local sources (dir, path, tar file, stdin), sub-paths, Dockerfile locations and masking (progress:
+tests/test_progress.py)."""
 from __future__ import annotations
 
 import io
@@ -8,7 +9,7 @@ import pytest
 
 from context_kit import check_app, compress, make_app, tar_cli, tar_of
 from snapfs.context.extract import ContextError
-from snapfs.context.fetch import Progress, scrub
+from snapfs.context.fetch import scrub
 from snapfs.context.resolve import Context, fetch_context, locate_dockerfile, mask_spec
 from snapfs.errors import InputError, UsageError
 
@@ -183,7 +184,7 @@ def test_dockerfile_symlink_is_followed_inside_the_context_only(app, workdir):
     assert locate_dockerfile(ctx, "Good.Dockerfile", workdir=workdir) == os.path.join(app, "sub/Dockerfile.sub")
 
 
-# --- masking and progress ------------------------------------------------------------------------------------
+# --- masking ------------------------------------------------------------------------------------------------
 
 def test_masking():
     """Context specs go through the package's one rule (snapfs.redact; its table is tests/test_redact.py)."""
@@ -197,37 +198,8 @@ def test_masking():
         "failed GET https://***@h/?sig=***&x=*** with ***"
 
 
-def test_progress_is_throttled_and_finishes_with_a_summary():
-    now = [0.0]
-    out = io.StringIO()
-    p = Progress("s3://b/k", total=10 << 20, stream=out, interval=5.0, clock=lambda: now[0])
-    for _ in range(10):
-        now[0] += 1.0
-        p.update(1 << 20)
-    p.finish()
-    lines = out.getvalue().splitlines()
-    assert lines == ["snapfs: downloading s3://b/k: 5.0 MiB of 10.0 MiB (50%)",
-                     "snapfs: downloading s3://b/k: 10.0 MiB of 10.0 MiB (100%)",
-                     "snapfs: downloaded s3://b/k: 10.0 MiB in 10.0s (1.0 MiB/s)"]
-
-
 def test_context_error_is_an_input_error():
     assert issubclass(ContextError, InputError) and ContextError("x").exit_code == 3
-
-
-def test_progress_on_a_terminal_rewrites_one_line():
-    class Tty(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    now = [0.0]
-    out = Tty()
-    p = Progress("https://h/c.tgz", stream=out, clock=lambda: now[0])  # unknown size; terminal interval
-    now[0] = 1.0
-    p.update(2048)
-    p.finish()
-    assert out.getvalue() == ("\rsnapfs: downloading https://h/c.tgz: 2.0 KiB\x1b[K"
-                              "\rsnapfs: downloaded https://h/c.tgz: 2.0 KiB in 1.0s (2.0 KiB/s)\x1b[K\n")
 
 
 def test_relative_workdir_gives_an_absolute_root(app, tmp_path, monkeypatch):

@@ -38,6 +38,11 @@ def logs(caplog):
     return caplog
 
 
+def progress_text(caplog) -> str:
+    """The progress lines logged so far (one summary per context download)."""
+    return "\n".join(r.getMessage() for r in caplog.records if r.name == "snapfs.progress")
+
+
 def fails(spec: str, workdir: str, pattern: str, *, secrets=(), logs=None, capsys=None, **kw) -> str:
     """fetch_context fails with one line matching ``pattern``; the secrets appear nowhere."""
     with pytest.raises(ContextError) as info:
@@ -59,15 +64,16 @@ def fails(spec: str, workdir: str, pattern: str, *, secrets=(), logs=None, capsy
 
 # --- https ---------------------------------------------------------------------------------------------------
 
-def test_https_download_with_progress(https_server, app_tgz, workdir, monkeypatch, capsys):
+def test_https_download_with_progress(https_server, app_tgz, workdir, monkeypatch, caplog):
     os.replace(app_tgz, os.path.join(https_server.root, "ctx.tgz"))
     monkeypatch.setenv("SSL_CERT_FILE", https_server.ca)
+    caplog.set_level(logging.INFO, logger="snapfs.progress")
     for path in ("ctx.tgz", "redirect/ctx.tgz"):
         ctx = fetch_context(f"{https_server.url}/{path}", workdir=workdir, sub_path="app")
         assert sorted(os.listdir(ctx.root)) == ["data", "hello.sh", "link.sh"]
         ctx.cleanup()
-    err = capsys.readouterr().err
-    assert f"snapfs: downloaded {https_server.url}/ctx.tgz: " in err
+    lines = [r.getMessage() for r in caplog.records if r.name == "snapfs.progress"]
+    assert any(line.startswith(f"downloaded {https_server.url}/ctx.tgz: ") for line in lines), lines
 
 
 @pytest.mark.parametrize("kind", ["zstd", "xz", "none"])
@@ -121,7 +127,7 @@ def s3_env(s3_server, monkeypatch):
     return s3_server
 
 
-def test_s3_fetch_key_and_default_key(s3_env, app_tgz, workdir, capsys):
+def test_s3_fetch_key_and_default_key(s3_env, app_tgz, workdir, logs):
     s3_env.client.upload_file(app_tgz, s3_env.bucket, "builds/app.tar.gz")
     s3_env.client.upload_file(app_tgz, s3_env.bucket, "context.tar.gz")
     for spec in (f"s3://{s3_env.bucket}/builds/app.tar.gz", f"s3://{s3_env.bucket}"):
@@ -129,7 +135,7 @@ def test_s3_fetch_key_and_default_key(s3_env, app_tgz, workdir, capsys):
         check_app(ctx.root)
         assert locate_dockerfile(ctx, "Dockerfile", workdir=workdir) == os.path.join(ctx.root, "Dockerfile")
         ctx.cleanup()
-    assert f"downloaded s3://{s3_env.bucket}/context.tar.gz: " in capsys.readouterr().err
+    assert f"downloaded s3://{s3_env.bucket}/context.tar.gz: " in progress_text(logs)
     ctx = fetch_context(f"s3://{s3_env.bucket}/builds/app.tar.gz", workdir=workdir, sub_path="sub")
     assert sorted(os.listdir(ctx.root)) == ["Dockerfile.sub", "x", "x-hard"]
     ctx.cleanup()
@@ -157,7 +163,7 @@ def test_s3_errors(s3_env, workdir, monkeypatch, logs, capsys):
 
 # --- GCS -----------------------------------------------------------------------------------------------------
 
-def test_gcs_fetch_and_errors(gcs_server, app_tgz, workdir, monkeypatch, capsys, tls):
+def test_gcs_fetch_and_errors(gcs_server, app_tgz, workdir, monkeypatch, tls, logs):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server.host)
     monkeypatch.setenv("SSL_CERT_FILE", tls["ca"])  # handed to the client's session (the emulator is plain http)
     bucket = gcs_server.client.bucket(gcs_server.bucket)
@@ -167,7 +173,7 @@ def test_gcs_fetch_and_errors(gcs_server, app_tgz, workdir, monkeypatch, capsys,
         ctx = fetch_context(spec, workdir=workdir)
         check_app(ctx.root)
         ctx.cleanup()
-    assert f"downloaded gs://{gcs_server.bucket}/ci/ctx.tar.gz: " in capsys.readouterr().err
+    assert f"downloaded gs://{gcs_server.bucket}/ci/ctx.tar.gz: " in progress_text(logs)
     ctx = fetch_context(f"gs://{gcs_server.bucket}/ci/ctx.tar.gz", workdir=workdir, sub_path="app/data")
     assert os.listdir(ctx.root) == [".wh.notawhiteout"]
     ctx.cleanup()
@@ -188,13 +194,13 @@ def azure_blob(azurite, app_tgz):
     return azurite
 
 
-def test_azure_shared_key_with_endpoint_override(azure_blob, workdir, monkeypatch, capsys):
+def test_azure_shared_key_with_endpoint_override(azure_blob, workdir, monkeypatch, logs):
     monkeypatch.setenv("AZURE_STORAGE_ACCESS_KEY", AZURE_KEY)
     monkeypatch.setenv("AZURE_STORAGE_BLOB_ENDPOINT", azure_blob.endpoint)
     ctx = fetch_context(BLOB_URL, workdir=workdir)
     check_app(ctx.root)
     ctx.cleanup()
-    assert f"downloaded {BLOB_URL}: " in capsys.readouterr().err
+    assert f"downloaded {BLOB_URL}: " in progress_text(logs)
 
 
 def test_azure_connection_string(azure_blob, workdir, monkeypatch):

@@ -37,6 +37,7 @@ BUILD_DEFAULTS = {
     "build_arg": ([], None, None),
     "target": (None, None, None),
     "custom_platform": (None, None, None),
+    "platform_mismatch": ("error", "error", "default `error`"),
     "destination": ([], None, None),
     "tar_path": (None, None, None),
     "oci_layout_path": (None, None, "written only after every push succeeded"),

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from snapfs.engine.apply import apply_layer
 from snapfs.engine.rootfs import RootFS
 from snapfs.errors import BuildError
+from snapfs.progress import Transfer
 from snapfs.redact import redact_url
 from .copier import Source
 
@@ -92,7 +93,9 @@ def download(url: str, staging: str, *, checksum: str | None, name: str | None =
             if resp.status_code != 200:
                 raise BuildError(f"ADD {shown}: HTTP {resp.status_code}")
             size = 0
-            with open(path, "wb") as out:
+            length = resp.headers.get("content-length", "")
+            total = int(length) if length.isdigit() else None
+            with open(path, "wb") as out, Transfer(f"ADD {shown}", total=total) as progress:
                 for chunk in resp.iter_bytes(1 << 20):
                     size += len(chunk)
                     if size > MAX_DOWNLOAD:
@@ -100,6 +103,7 @@ def download(url: str, staging: str, *, checksum: str | None, name: str | None =
                     if h is not None:
                         h.update(chunk)
                     out.write(chunk)
+                    progress.update(len(chunk))
             modified = resp.headers.get("last-modified")
     except httpx.HTTPError as exc:
         raise BuildError(f"ADD {shown}: download failed: {type(exc).__name__}") from None

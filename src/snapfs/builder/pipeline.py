@@ -71,6 +71,8 @@ class BuildOptions:
     snapfs_dir: str = ""  # in-place mode: the builder's own directory, never snapshotted or cleaned
     cleanup: bool = False  # in-place mode: clean the root once the build is done
     cache: CacheOptions = field(default_factory=CacheOptions)  # the layer cache (--cache, --cache-repo, ...)
+    log_run_output: bool = False  # RUN output as log records, one per line with its step (--log-format json)
+    platform_mismatch: str = "error"  # a single-platform base for another platform than asked: error | warn
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,7 @@ class BuildResult:
     layers: tuple[Layer, ...]
     timings: tuple[StepTiming, ...]
     seconds: float
+    unpack: float = 0.0  # seconds spent unpacking base layers (0: every base came from the cache)
 
 
 @dataclass
@@ -162,7 +165,7 @@ def build(options: BuildOptions) -> BuildResult:
         if in_place and options.cleanup:
             incontainer.clean_root("/", builder.keep)
         seconds = time.perf_counter() - t0
-        result = BuildResult(digest, image, tuple(layers), tuple(timings), seconds)
+        result = BuildResult(digest, image, tuple(layers), tuple(timings), seconds, unpack=builder.unpack_seconds)
         _summary(result)
         if options.benchmark_file:
             _write_benchmark(options.benchmark_file, result)
@@ -191,6 +194,8 @@ def _check(o: BuildOptions) -> None:
     if o.image_format == "docker" and o.compression != "gzip":
         raise UsageError("--image-format docker needs gzip layers (Docker manifests cannot name zstd)")
     check_compression(o.compression, o.compression_level)  # before any work, not when the first layer is written
+    if o.platform_mismatch not in ("error", "warn"):
+        raise UsageError(f"unknown --platform-mismatch {o.platform_mismatch!r} (choose error or warn)")
     if not o.outputs.destinations and not o.outputs.no_push and not (o.outputs.tar_path or o.outputs.oci_layout_path):
         raise UsageError("no output: give --destination, --tar-path or --oci-layout-path (or --no-push)")
     if o.cache.enabled and not o.cache.repo and not o.outputs.destinations:
@@ -257,6 +262,7 @@ class _Builder:
         self.scopes: dict = {}  # each built stage's final scope: a child stage inherits its ARGs
         self.overlay = not in_place and options.isolation != "none" and stageroot.overlay_available(scratch)
         self.images: dict[str, tuple[Image, str]] = {}  # COPY --from images, unpacked
+        self.bases: dict[tuple[str, str], tuple[Image, Reference | None]] = {}  # (spec, platform) -> base
         self._filtered: str | None = None  # the context less .dockerignore'd files, made on first use
         created, epoch = _created(options)
         ignore = list(options.ignore_paths)
@@ -266,6 +272,7 @@ class _Builder:
             ignore = list(incontainer.ignore_list("/", in_place, extra=tuple(ignore)))
         self.keep = tuple(p.strip("/") for p in ignore if p.strip("/"))
         self.stage_copies: dict[int, str] = {}
+        self.unpack_seconds = 0.0  # base layers unpacked by this build (cached bases cost nothing)
         self.stage_opts = StageOptions(
             layer_dir=self.layer_dir, compression=options.compression, compression_level=options.compression_level,
             snapshot_mode=options.snapshot_mode, single_snapshot=options.single_snapshot, epoch=epoch,
@@ -327,6 +334,7 @@ class _Builder:
         return RegistryClient(self.o.registry, credentials=self.credentials) if need else _NoClient()
 
     def run(self):
+        self.check_platforms()
         total = sum(len(self.plan.stages[i].instructions) + 1 for i in self.plan.needed)
         self.step_no, self.total = 0, total
         mount_from: list[Reference] = []
@@ -353,8 +361,49 @@ class _Builder:
             return self.stages[stage.base_stage].image, None
         if stage.base.lower() == "scratch":
             return empty_image(self._platform(stage), oci=self.o.image_format == "oci"), None
-        return load_image(stage.base, store=self.store, client=None if is_local_spec(stage.base) else self.client(),
-                          platform=self._platform(stage), warm_refs=self.warm_refs)
+        return self._image(stage.base, self._platform(stage))
+
+    def _image(self, spec: str, platform: Platform) -> tuple[Image, Reference | None]:
+        """A base image, loaded once per build (the platform check loads them before the first step)."""
+        key = (spec, str(platform))
+        if key not in self.bases:
+            self.bases[key] = load_image(spec, store=self.store, client=None if is_local_spec(spec) else self.client(),
+                                         platform=platform, warm_refs=self.warm_refs)
+        return self.bases[key]
+
+    def check_platforms(self, *, binfmt_dir: str | None = None) -> None:
+        """Before any step: every base's platform against the one asked for, and emulation for stages whose RUN
+        steps execute foreign binaries.
+
+        A single-platform base for another platform than ``--custom-platform`` or ``FROM --platform`` asked is
+        an error (``--platform-mismatch=warn``: a warning, and the base is used as it is; its config keeps its
+        own platform, so the image says what it holds). Without an explicit request the host is only a default,
+        and the base is taken as it is. RUN steps run the base's binaries: for a foreign architecture they need
+        a binfmt_misc handler (:mod:`snapfs.run.emulation`)."""
+        from snapfs.frontend import instructions as ins
+        from snapfs.run.emulation import BINFMT_DIR, check_can_run
+
+        runs_as: dict[int, Platform] = {}  # the platform of each stage's binaries
+        for index in self.plan.needed:
+            stage = self.plan.stages[index]
+            want = self._platform(stage)
+            if stage.base_stage is not None:
+                have = runs_as.get(stage.base_stage, want)
+            elif stage.base.lower() == "scratch":
+                have = want
+            else:
+                have = self._image(stage.base, want)[0].platform() or want
+                asked = stage.platform or self.o.custom_platform
+                if asked and not want.matches(have):
+                    text = (f"base image {redact_url(stage.base)} is for {have}, not the requested {want} (a "
+                            "single-platform image: no index to pick another from)")
+                    if self.o.platform_mismatch != "warn":
+                        raise InputError(f"{text}; --platform-mismatch=warn uses it anyway")
+                    log.warning("%s; using it as it is (--platform-mismatch=warn)", text)
+            runs_as[index] = have
+            if any(isinstance(i, ins.Run) for i in stage.instructions):
+                name = f"stage {stage.name or index}: "
+                check_can_run(have, binfmt_dir=binfmt_dir or BINFMT_DIR, stage=name)
 
     def _build_stage(self, index: int) -> _Stage:
         stage = self.plan.stages[index]
@@ -362,6 +411,11 @@ class _Builder:
         base, ref = self._base(stage)
         base = convert(base, oci=self.o.image_format == "oci")
         sroot = self._stage_root(index, stage, base)
+        if sroot.unpacked is not None:  # a cold base: the time it took is part of the build's, so say it
+            self.unpack_seconds += sroot.unpacked.seconds
+            n = sroot.unpacked.layers
+            log.info("  base unpacked in %.2fs (%s, %d layer%s)", sroot.unpacked.seconds, _size(sroot.unpacked.size),
+                     n, "" if n == 1 else "s")
         cfg = imageconfig.start_stage(base.config(), platform=self._platform(stage))
         state = StageState(root=sroot.path, base=base, config=cfg, upper=sroot.upper)
         state.snapshot = executor.take(sroot.path, ignore=self.stage_opts.ignore_paths, quiescent=True)
@@ -381,7 +435,7 @@ class _Builder:
                            in_place=self.in_place, isolation=self.o.isolation, secrets=self.o.secrets,
                            stage_opts=self.stage_opts, built_stages=frozenset(self.stages),
                            stage_source=self.stage_source, image_root=self.image_root,
-                           filtered_context=self.filtered_context)
+                           filtered_context=self.filtered_context, log_run_output=self.o.log_run_output)
         runner = StepRunner(ctx, state)
         cached = self._stage_cache(runner, stage, index, base, todo, scope)
         for position, raw in enumerate(todo):
@@ -449,14 +503,20 @@ class _Builder:
         name = f"stage-{index}"
         if self.in_place:  # Kaniko's way: the container's own root, emptied, then the base unpacked over it
             incontainer.clean_root("/", self.keep)
-            stageroot.unpack(base.layers, "/", keep=self.keep)
-            root = stageroot.StageRoot("/")
+            unpacked = stageroot.unpack(base.layers, "/", keep=self.keep)
+            root = stageroot.StageRoot("/", unpacked=unpacked if base.layers else None)
         elif self.overlay:
+            unpacked = None
             if stage.base_stage is not None:
                 lowers = self.roots[stage.base_stage].child_lowers()
+            elif base.layers:
+                cached, unpacked = stageroot.cached_base(base, self.cache_dir, shared=self.shared_cache)
+                lowers = [cached]
             else:
-                lowers = [stageroot.cached_base(base, self.cache_dir, shared=self.shared_cache)] if base.layers else []
+                lowers = []
             root = stageroot.overlay_stage(self.scratch, name, lowers, layers=base.layers)
+            if root.unpacked is None:
+                root.unpacked = unpacked
         else:
             root = stageroot.plain_stage(self.scratch, name, base.layers)
         self.roots[index] = root
@@ -478,7 +538,7 @@ class _Builder:
         if ref not in self.images:
             image, _ = load_image(ref, store=self.store, client=None if is_local_spec(ref) else self.client(),
                                   warm_refs=self.warm_refs)
-            self.images[ref] = (image, stageroot.cached_base(image, self.cache_dir, shared=self.shared_cache))
+            self.images[ref] = (image, stageroot.cached_base(image, self.cache_dir, shared=self.shared_cache)[0])
         return self.images[ref][1]
 
     def filtered_context(self) -> str:
@@ -540,12 +600,12 @@ def _summary(r: BuildResult) -> None:
     run = sum(t.run for t in r.timings)
     snap = sum(t.snapshot for t in r.timings)
     lay = sum(t.layer for t in r.timings)
-    log.info("built %s in %.2fs (run %.2fs, snapshot %.2fs, layers %.2fs; %d new layers)", r.digest, r.seconds,
-             run, snap, lay, len(r.layers))
+    log.info("built %s in %.2fs (unpack %.2fs, run %.2fs, snapshot %.2fs, layers %.2fs; %d new layers)", r.digest,
+             r.seconds, r.unpack, run, snap, lay, len(r.layers))
 
 
 def _write_benchmark(path: str, r: BuildResult) -> None:
-    data = {"digest": r.digest, "seconds": round(r.seconds, 4),
+    data = {"digest": r.digest, "seconds": round(r.seconds, 4), "unpack": round(r.unpack, 4),
             "steps": [{"step": t.index, "instruction": t.instruction, "run": round(t.run, 4),
                        "snapshot": round(t.snapshot, 4), "layer": round(t.layer, 4), "layer_size": t.layer_size}
                       for t in r.timings]}

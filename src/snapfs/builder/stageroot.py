@@ -27,6 +27,7 @@ import hashlib
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 
 from snapfs.engine.libc import MS_NODEV, MS_NOSUID, MS_RDONLY, mount, unmount
@@ -35,6 +36,7 @@ from snapfs.engine.apply import apply_layer
 from snapfs.engine.rootfs import RootFS, remove_path
 from snapfs.errors import BuildError
 from snapfs.image.model import Image
+from snapfs.progress import Transfer
 
 log = logging.getLogger("snapfs.build")
 
@@ -99,15 +101,33 @@ def overlay_available(scratch: str) -> bool:
     return _available[key]
 
 
-def unpack(layers, target: str, *, keep: tuple[str, ...] = ()) -> None:
-    """Apply ``layers`` (image.Layer values) onto ``target``, checking each diff_id; ``keep``: paths to spare."""
+@dataclass(frozen=True)
+class Unpacked:
+    """What unpacking a base took: wall time and uncompressed bytes (the step line shows them)."""
+
+    seconds: float
+    size: int
+    layers: int
+
+    def __add__(self, other: Unpacked) -> Unpacked:
+        return Unpacked(self.seconds + other.seconds, self.size + other.size, self.layers + other.layers)
+
+
+def unpack(layers, target: str, *, keep: tuple[str, ...] = ()) -> Unpacked:
+    """Apply ``layers`` (image.Layer values) onto ``target``, checking each diff_id; ``keep``: paths to spare.
+    Each layer reports its progress (bytes of the compressed blob read) while it is unpacked."""
+    t0 = time.perf_counter()
+    size = 0
     os.makedirs(target, exist_ok=True)
     with RootFS(target, cache=True) as root:
         for layer in layers:
-            with open(layer.path, "rb") as f:
-                stats = apply_layer(f, root, keep=keep)
+            with open(layer.path, "rb") as f, Transfer(f"layer {layer.digest[:19]}", total=layer.size,
+                                                       verb="unpacking", done="unpacked") as progress:
+                stats = apply_layer(progress.reader(f), root, keep=keep)
             if stats.diff_id != layer.diff_id:
                 raise BuildError(f"layer {layer.digest}: uncompressed content does not match its diff_id")
+            size += stats.bytes
+    return Unpacked(time.perf_counter() - t0, size, len(layers))
 
 
 def _discard(path: str) -> None:
@@ -115,25 +135,27 @@ def _discard(path: str) -> None:
         remove_path(path)
 
 
-def cached_base(image: Image, cache_dir: str, *, shared: str | None = None) -> str:
-    """The flattened root of ``image``'s layers, unpacked once into the cache (read-only by convention).
-    ``shared``: a cache directory this build may only read (a pre-warmed volume), whose roots are used first."""
+def cached_base(image: Image, cache_dir: str, *, shared: str | None = None) -> tuple[str, Unpacked | None]:
+    """The flattened root of ``image``'s layers, unpacked once into the cache (read-only by convention), and
+    what unpacking it took (None: it was in the cache). ``shared``: a cache directory this build may only read
+    (a pre-warmed volume), whose roots are used first."""
     cid = chain_id([l.diff_id for l in image.layers])
     if shared:
         theirs = os.path.join(shared, "roots", cid.split(":", 1)[1])
         if os.path.isdir(theirs):  # only finished roots have this name (see the rename below)
-            return theirs
+            return theirs, None
     roots = os.path.join(cache_dir, "roots")
     path = os.path.join(roots, cid.split(":", 1)[1])
     # 0700, also when an older snapfs made it 0755: the roots keep their image's setuid files and devices.
     lifecycle.private_dir(roots)
     if os.path.isdir(path):
-        return path
+        return path, None
     lifecycle.sweep(roots, names=lifecycle.UNPACK_NAME)  # half-unpacked roots of killed builds
     tmp = f"{path}.tmp-{lifecycle.owner_tag()}"
     _discard(tmp)
+    unpacked = None
     try:
-        unpack(image.layers, tmp)
+        unpacked = unpack(image.layers, tmp)
         os.rename(tmp, path)
     except FileExistsError:  # or an OSError "not empty": another build cached it first
         _discard(tmp)
@@ -144,7 +166,7 @@ def cached_base(image: Image, cache_dir: str, *, shared: str | None = None) -> s
     except BaseException:
         _discard(tmp)
         raise
-    return path
+    return path, unpacked
 
 
 @dataclass
@@ -156,6 +178,7 @@ class StageRoot:
     upper: str = ""
     mounted: bool = False
     frozen: bool = False
+    unpacked: Unpacked | None = None  # what unpacking its base took (None: nothing was unpacked for it)
 
     def freeze(self) -> None:
         """The stage is done: keep a read-only view of it at ``path`` (overlay mode)."""
@@ -181,6 +204,7 @@ def overlay_stage(workdir: str, name: str, lowers: list[str], *, layers=()) -> S
     upper, work, merged = (os.path.join(base, d) for d in ("upper", "work", "root"))
     for d in (upper, work, merged):
         os.makedirs(d)
+    unpacked = None
     if not lowers:  # scratch: overlay needs a lower, an empty one will do
         empty = os.path.join(base, "empty")
         os.makedirs(empty)
@@ -189,14 +213,14 @@ def overlay_stage(workdir: str, name: str, lowers: list[str], *, layers=()) -> S
         flat = os.path.join(base, "flat")
         log.info("%s: %d stacked layers are too many for one overlay; unpacking its %d image layers into one",
                  name, len(lowers), len(layers))
-        unpack(layers, flat)
+        unpacked = unpack(layers, flat)
         lowers = [flat]
     _mount(lowers, merged, upper=upper, work=work)
-    return StageRoot(merged, list(lowers), upper, mounted=True)
+    return StageRoot(merged, list(lowers), upper, mounted=True, unpacked=unpacked)
 
 
 def plain_stage(workdir: str, name: str, layers) -> StageRoot:
     """No mounts: the base layers unpacked into a directory."""
     path = os.path.join(workdir, name, "root")
-    unpack(layers, path)
-    return StageRoot(path)
+    unpacked = unpack(layers, path)
+    return StageRoot(path, unpacked=unpacked if layers else None)

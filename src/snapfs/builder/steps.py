@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import posixpath
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from .copier import Source
 from .stage import StageOptions, StageState, StepTiming
 
 MAX_HEREDOC_SCRIPT = 1 << 20
+_run_log = logging.getLogger("snapfs.run.output")
+_run_log.setLevel(logging.INFO)  # a step's output shows at any --verbosity, as it does in text mode
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class StageContext:
     stage_source: Callable[[int], str]  # a built stage's tree
     image_root: Callable[[str], str]  # COPY --from=<image>: the image's flattened root, unpacked once
     filtered_context: Callable[[], str]  # the context less what .dockerignore excludes (for RUN --mount)
+    log_run_output: bool = False  # RUN output as log records, one per line (--log-format json)
 
 
 class StepRunner:
@@ -186,7 +190,15 @@ class StepRunner:
                     mounts += (sandbox.Mount(kind="bind", target="/dev/.snapfs-heredoc", source=path),)
             spec = sandbox.RunSpec(root=self.state.root, argv=tuple(argv), env=tuple(env.items()),
                                    workdir=cfg.workdir(), user=cfg.user(), network=network, mounts=mounts)
-            result = run(spec)
+            if self.ctx.log_run_output:
+                out, err = StepOutput(index, "stdout"), StepOutput(index, "stderr")
+                try:
+                    result = run(spec, stdout=out, stderr=err)
+                finally:
+                    out.close()
+                    err.close()
+            else:  # the step writes straight to our stdout and stderr: no copy, no thread
+                result = run(spec)
         if result.exit_code != 0:
             raise BuildError(f"RUN {_short(argv)} returned a non-zero code: {result.exit_code}",
                              exit_code=result.exit_code if 0 < result.exit_code < 256 else 1)
@@ -315,6 +327,40 @@ def check_runs(plan: Plan, *, in_place: bool, isolation: str) -> None:
         why = direct_refusal(i)
         if why:
             raise NotSupportedError(why, file=plan.file, line=i.node.start_line, column=i.node.column)
+
+
+class StepOutput:
+    """A RUN step's stdout or stderr as log records, one per line, carrying the step number and the stream
+    (``--log-format json`` turns each into a JSON line). Bytes arrive in chunks from a pump thread; a line
+    longer than ``MAX_LINE`` is cut, so a step that never writes a newline cannot grow the buffer."""
+
+    MAX_LINE = 1 << 16
+
+    def __init__(self, step: int, stream: str) -> None:
+        self.step, self.stream = step, stream
+        self._buf = b""
+
+    def write(self, data: bytes) -> int:
+        self._buf += data
+        while True:
+            line, nl, rest = self._buf.partition(b"\n")
+            if nl:
+                self._emit(line)
+                self._buf = rest
+            elif len(self._buf) >= self.MAX_LINE:
+                self._emit(self._buf[:self.MAX_LINE])
+                self._buf = self._buf[self.MAX_LINE:]
+            else:
+                return len(data)
+
+    def close(self) -> None:
+        if self._buf:
+            self._emit(self._buf)
+            self._buf = b""
+
+    def _emit(self, line: bytes) -> None:
+        text = line.rstrip(b"\r").decode("utf-8", "replace")
+        _run_log.info("%s", text, extra={"step": self.step, "stream": self.stream})
 
 
 def _expand(text: str, env: dict) -> str:

@@ -63,6 +63,9 @@ def register(sub) -> None:
     p.add_argument("--build-arg", action="append", default=[], metavar="K[=V]")
     p.add_argument("--target", default=None, help="stage to build")
     p.add_argument("--custom-platform", default=None, metavar="OS/ARCH[/VARIANT]")
+    p.add_argument("--platform-mismatch", default="error", choices=("error", "warn"),
+                   help="a single-platform base for another platform than asked: error, or warn and use it "
+                        "(default: error)")
     p.add_argument("-d", "--destination", action="append", default=[], metavar="REF")
     p.add_argument("--tar-path", default=None, help="also write a docker-archive tarball")
     p.add_argument("--oci-layout-path", default=None, help="also write an OCI image layout")
@@ -177,7 +180,8 @@ def options_from_args(args):
         ignore_paths=tuple(args.ignore_path), ignore_var_run=args.ignore_var_run,
         secrets=_secrets(args.secret), benchmark_file=args.benchmark_file, isolation=args.isolation,
         in_place={"auto": None, "true": True, "false": False}[args.in_container], cleanup=args.cleanup,
-        snapfs_dir=args.snapfs_dir or "",
+        snapfs_dir=args.snapfs_dir or "", log_run_output=args.log_format == "json",
+        platform_mismatch=args.platform_mismatch,
         cache=CacheOptions(enabled=args.cache, repo=args.cache_repo or "", copy_layers=args.cache_copy_layers,
                            run_layers=args.cache_run_layers, push=not args.no_push_cache,
                            ttl=DEFAULT_TTL if args.cache_ttl is None else go_duration(args.cache_ttl, "--cache-ttl"),
@@ -201,24 +205,79 @@ def go_duration(text: str, flag: str) -> float:
     return total
 
 
+
+def json_line(level: str, msg: str, *, created: float | None = None, **fields) -> str:
+    """One JSON log line (``--log-format json``): level, msg, time (RFC 3339, UTC), then ``fields``."""
+    when = time.time() if created is None else created
+    return json.dumps({"level": level, "msg": msg, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when)),
+                       **fields})
+
+
+# Fields a record may carry (``extra=``) that a JSON line keeps: RUN output says which step and which stream.
+_JSON_FIELDS = ("step", "stream")
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({"level": record.levelname.lower(), "msg": record.getMessage(),
-                           "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))})
+        fields = {k: getattr(record, k) for k in _JSON_FIELDS if hasattr(record, k)}
+        return json_line(_LEVEL_NAMES.get(record.levelno, record.levelname.lower()), record.getMessage(),
+                         created=record.created, **fields)
+
+
+_LEVEL_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning", logging.ERROR: "error",
+                logging.CRITICAL: "fatal"}
+# --log-format color on a terminal: the level in Kaniko's (logrus's) colours before each line.
+_COLOURS = {logging.DEBUG: ("DEBU", "37"), logging.INFO: ("INFO", "36"), logging.WARNING: ("WARN", "33"),
+            logging.ERROR: ("ERRO", "31"), logging.CRITICAL: ("FATA", "31")}
+
+
+class _ColourFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        tag, colour = _COLOURS.get(record.levelno, ("INFO", "36"))
+        return f"\x1b[{colour}m{tag}\x1b[0m {super().format(record)}"
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at each record, so lines go above the progress bars (rich swaps
+    ``sys.stderr`` for a proxy while bars are live)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
 
 
 def setup_logging(verbosity: str, fmt: str, timestamps: bool) -> None:
+    """The ``snapfs`` logger as Kaniko's log flags say, and the matching progress display: rich bars on a
+    terminal for text and color, log lines otherwise (so that in json every line is JSON)."""
+    from snapfs import progress
+
     level = {"panic": logging.CRITICAL, "fatal": logging.CRITICAL, "error": logging.ERROR, "warn": logging.WARNING,
              "info": logging.INFO, "debug": logging.DEBUG, "trace": logging.DEBUG}[verbosity]
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
+    tty = sys.stderr.isatty()
+    text_format = "%(asctime)s %(message)s" if timestamps else "%(message)s"
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
+    elif fmt == "color" and tty:
+        handler.setFormatter(_ColourFormatter(text_format))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s" if timestamps else "%(message)s"))
+        handler.setFormatter(logging.Formatter(text_format))
     root = logging.getLogger("snapfs")
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    if fmt == "json":  # the libraries' warnings (and Python's) in the same format, not as bare text
+        logging.captureWarnings(True)
+        top = logging.getLogger()
+        top.handlers[:] = [h for h in top.handlers if not isinstance(h, _StderrHandler)] + [handler]
+    progress.configure("bar" if tty and fmt != "json" and level <= logging.INFO else "log")
 
 
 def cmd_build(args) -> int:
@@ -226,5 +285,8 @@ def cmd_build(args) -> int:
 
     setup_logging(args.verbosity, args.log_format, args.log_timestamp)
     result = build(options_from_args(args))
-    print(result.digest)
+    if args.log_format == "json":  # stdout too is JSON lines: the digest is a field of its own
+        print(json_line("info", result.digest, digest=result.digest))
+    else:
+        print(result.digest)
     return 0

@@ -30,7 +30,8 @@ COMMAND_MODULES = (
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse's default prints usage and exits 2; keep that, one line
-        self.exit(2, f"snapfs: {message}\n")
+        _say(message)
+        self.exit(2)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -53,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the process's own entry point (not a caller embedding the CLI): signals are ours
         lifecycle.handle_signals()
     argv = list(sys.argv[1:] if argv is None else argv)
+    global _json
+    _json = _json_requested(argv)
     try:
         if argv and argv[0] in ("build", "warm"):  # Kaniko's Go-style booleans (--no-push=true)
             from .build import normalize_booleans
@@ -66,13 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except lifecycle.Interrupted as exc:
         command = argv[0] if argv and not argv[0].startswith("-") else "snapfs"
-        print(f"snapfs: {command} interrupted ({exc.name})", file=sys.stderr)
+        _say(f"{command} interrupted ({exc.name})")
         return exc.exit_code
     except SnapfsError as exc:
         _say(exc.message)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("snapfs: interrupted", file=sys.stderr)
+        _say("interrupted")
         return 130
     except BrokenPipeError:
         return 141
@@ -82,11 +85,29 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+_json = False  # --log-format json: the failure line is JSON too
+
+
+def _json_requested(argv: list[str]) -> bool:
+    """``--log-format json`` anywhere in a build's arguments (known before, and whether or not, they parse)."""
+    if not argv or argv[0] != "build":
+        return False
+    for i, arg in enumerate(argv):
+        if arg == "--log-format=json" or (arg == "--log-format" and argv[i + 1:i + 2] == ["json"]):
+            return True
+    return False
+
+
 def _say(message: str) -> None:
     """The one line a failure prints; URLs pass the package's redaction once more as a last line of defence."""
     from snapfs.redact import redact_url
 
-    print(f"snapfs: {redact_url(message)}", file=sys.stderr)
+    text = f"snapfs: {redact_url(message)}"
+    if _json:
+        from .build import json_line
+
+        text = json_line("error", text)
+    print(text, file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -126,6 +126,9 @@ def _logging(args: argparse.Namespace) -> None:
     # httpx logs every request at INFO; only worth seeing when debugging.
     for name in ("httpx", "httpcore"):
         logging.getLogger(name).setLevel(logging.DEBUG if args.verbose >= 3 else logging.WARNING)
+    from snapfs import progress
+
+    progress.configure("bar" if sys.stderr.isatty() else "log")  # bars on a terminal; lines with -v in a log
 
 
 def _cmd_pull(args: argparse.Namespace) -> int:

@@ -75,7 +75,7 @@ def _warm_one(client: RegistryClient, ref: Reference, *, cache_dir: str, store: 
     if force:
         _pull_again(client, ref, cache_dir=cache_dir, store=store, platform=platform)
     image = pull_image(client, ref, store, platform=platform)
-    root = stageroot.cached_base(image, cache_dir)
+    root, _ = stageroot.cached_base(image, cache_dir)
     WarmRefs(cache_dir).record(ref, platform, image.digest)
     log.info("warmed %s: %s, %d layers, root %s", ref, image.digest, len(image.layers), root)
 

@@ -1,6 +1,6 @@
 """Download a build-context archive (or a Dockerfile) to a local file: https, S3, GCS and Azure Blob.
 
-Each downloader streams the object to ``dest`` through a :class:`Progress` (stderr, throttled) and turns every
+Each downloader streams the object to ``dest`` through a :class:`snapfs.progress.Transfer` (throttled) and turns every
 failure into one :class:`~snapfs.context.extract.ContextError` line that names the source with its credentials
 masked: a missing object, a rejected key, an unreachable endpoint. Secrets read from the environment are
 scrubbed from any text a client library hands us before it reaches a message.
@@ -24,12 +24,11 @@ from __future__ import annotations
 import logging
 import os
 import re
-import sys
-import time
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator, TextIO
+from typing import Iterable, Iterator
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from snapfs.progress import Transfer
 from snapfs.redact import redact_url, scrub
 from .extract import ContextError
 
@@ -42,8 +41,6 @@ SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AZURE_STORAGE_ACCES
 # Azure's default retry waits 15 s, then 18 s...: a build should learn sooner that an endpoint is down.
 AZURE_RETRY = {"retry_total": 3, "initial_backoff": 1, "increment_base": 2}
 GCS_RETRY_SECONDS = 30.0  # the client's default keeps retrying a refused connection for two minutes
-PROGRESS_INTERVAL_TTY = 0.5  # seconds between progress updates on a terminal (rewritten in place)
-PROGRESS_INTERVAL_LOG = 5.0  # between progress lines when stderr is a log
 
 
 # --- masking -------------------------------------------------------------------------------------------------
@@ -89,58 +86,10 @@ def scrubbed_logging(secrets: Iterable[str] = ()) -> Iterator[None]:
 
 # --- progress ------------------------------------------------------------------------------------------------
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
-
-
-class Progress:
-    """Download progress on stderr: rewritten in place on a terminal, a line every few seconds in a log, and a
-    final line with the size and the time taken."""
-
-    def __init__(self, what: str, *, total: int | None = None, stream: TextIO | None = None,
-                 interval: float | None = None, clock: Callable[[], float] = time.monotonic) -> None:
-        self.what, self.total, self.done_bytes = what, total, 0
-        self._stream = stream if stream is not None else sys.stderr
-        self._tty = bool(getattr(self._stream, "isatty", lambda: False)())
-        self._interval = interval if interval is not None else (
-            PROGRESS_INTERVAL_TTY if self._tty else PROGRESS_INTERVAL_LOG)
-        self._clock = clock
-        self._start = self._last = clock()
-        self._dirty = False
-
-    def update(self, n: int) -> None:
-        self.done_bytes += n
-        now = self._clock()
-        if now - self._last >= self._interval:
-            self._last = now
-            self._emit(f"downloading {self.what}: {self._amount()}", final=False)
-
-    def finish(self) -> None:
-        took = max(self._clock() - self._start, 1e-6)
-        rate = self.done_bytes / took
-        self._emit(f"downloaded {self.what}: {_size(self.done_bytes)} in {took:.1f}s ({_size(rate)}/s)", final=True)
-
-    def _amount(self) -> str:
-        if self.total:
-            return f"{_size(self.done_bytes)} of {_size(self.total)} ({100 * self.done_bytes // self.total}%)"
-        return _size(self.done_bytes)
-
-    def _emit(self, text: str, *, final: bool) -> None:
-        if self._tty:
-            self._stream.write(f"\rsnapfs: {text}\x1b[K" + ("\n" if final else ""))
-        else:
-            self._stream.write(f"snapfs: {text}\n")
-        self._stream.flush()
-
-
 class _Sink:
-    """The destination file; counts what is written into the progress."""
+    """The destination file; counts what is written into the transfer's progress."""
 
-    def __init__(self, path: str, progress: Progress) -> None:
+    def __init__(self, path: str, progress: Transfer) -> None:
         self._f = open(path, "wb")
         self._progress = progress
 
@@ -153,16 +102,14 @@ class _Sink:
         self._f.close()
 
 
-def _stream_to(dest: str, what: str, total: int | None, chunks: Iterable[bytes], *,
-               progress_stream: TextIO | None) -> int:
-    progress = Progress(what, total=total, stream=progress_stream)
-    sink = _Sink(dest, progress)
-    try:
-        for chunk in chunks:
-            sink.write(chunk)
-    finally:
-        sink.close()
-    progress.finish()
+def _stream_to(dest: str, what: str, total: int | None, chunks: Iterable[bytes]) -> int:
+    with Transfer(what, total=total, summary=True) as progress:
+        sink = _Sink(dest, progress)
+        try:
+            for chunk in chunks:
+                sink.write(chunk)
+        finally:
+            sink.close()
     return progress.done_bytes
 
 
@@ -176,8 +123,7 @@ def _truthy(value: str | None) -> bool:
 
 # --- https ---------------------------------------------------------------------------------------------------
 
-def download_https(url: str, dest: str, *, what: str, insecure: bool = False,
-                   progress_stream: TextIO | None = None) -> int:
+def download_https(url: str, dest: str, *, what: str, insecure: bool = False) -> int:
     """GET ``url`` into ``dest`` (redirects followed, no credentials sent across hosts); returns the size."""
     import httpx
 
@@ -197,7 +143,7 @@ def download_https(url: str, dest: str, *, what: str, insecure: bool = False,
                 length = resp.headers.get("content-length")
                 total = int(length) if length and length.isdigit() else None
                 # Raw bytes: a .tar.gz served with Content-Encoding: gzip stays gzip; the format is detected later.
-                return _stream_to(dest, what, total, resp.iter_raw(CHUNK), progress_stream=progress_stream)
+                return _stream_to(dest, what, total, resp.iter_raw(CHUNK))
     except httpx.HTTPError as exc:
         raise ContextError(f"{what}: download failed: {scrub(_exc_text(exc), secrets)}") from None
     except (httpx.InvalidURL, ValueError) as exc:  # e.g. bytes that are not UTF-8 in a URL given as an argument
@@ -227,7 +173,7 @@ def split_bucket(rest: str) -> tuple[str, str]:
     return bucket, key
 
 
-def download_s3(bucket: str, key: str, dest: str, *, what: str, progress_stream: TextIO | None = None) -> int:
+def download_s3(bucket: str, key: str, dest: str, *, what: str) -> int:
     import boto3
     from botocore.config import Config
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
@@ -250,8 +196,7 @@ def download_s3(bucket: str, key: str, dest: str, *, what: str, progress_stream:
         obj = client.get_object(Bucket=bucket, Key=key)
         body = obj["Body"]
         try:
-            return _stream_to(dest, what, obj.get("ContentLength"), body.iter_chunks(CHUNK),
-                              progress_stream=progress_stream)
+            return _stream_to(dest, what, obj.get("ContentLength"), body.iter_chunks(CHUNK))
         finally:
             body.close()
     except NoCredentialsError:
@@ -275,7 +220,7 @@ def download_s3(bucket: str, key: str, dest: str, *, what: str, progress_stream:
 
 # --- GCS -----------------------------------------------------------------------------------------------------
 
-def download_gcs(bucket: str, name: str, dest: str, *, what: str, progress_stream: TextIO | None = None) -> int:
+def download_gcs(bucket: str, name: str, dest: str, *, what: str) -> int:
     import google.auth
     from google.api_core import exceptions as gexc
     from google.auth.credentials import AnonymousCredentials
@@ -301,15 +246,13 @@ def download_gcs(bucket: str, name: str, dest: str, *, what: str, progress_strea
             client._http.verify = _ca_file()  # the client's requests session; it ignores SSL_CERT_FILE itself
         retry = DEFAULT_RETRY.with_timeout(GCS_RETRY_SECONDS)
         blob = client.bucket(bucket).blob(name)
-        progress = Progress(what, stream=progress_stream)
-        tmp = _Sink(dest, progress)
-        try:
-            blob.reload(retry=retry)
-            progress.total = blob.size
-            blob.download_to_file(tmp, retry=retry)  # verifies the object's checksum as it streams
-        finally:
-            tmp.close()
-        progress.finish()
+        blob.reload(retry=retry)
+        with Transfer(what, total=blob.size, summary=True) as progress:
+            tmp = _Sink(dest, progress)
+            try:
+                blob.download_to_file(tmp, retry=retry)  # verifies the object's checksum as it streams
+            finally:
+                tmp.close()
         return progress.done_bytes
     except gexc.NotFound:
         raise ContextError(f"{what}: object not found (or no bucket {bucket!r})") from None
@@ -330,7 +273,7 @@ def is_azure_blob_url(url: str) -> bool:
     return parts.scheme == "https" and AZURE_HOST.match(parts.hostname or "") is not None
 
 
-def download_azure(url: str, dest: str, *, what: str, progress_stream: TextIO | None = None) -> int:
+def download_azure(url: str, dest: str, *, what: str) -> int:
     from azure.core.exceptions import (AzureError, ClientAuthenticationError, HttpResponseError,
                                        ResourceNotFoundError, ServiceRequestError)
     from azure.storage.blob import BlobServiceClient
@@ -364,7 +307,7 @@ def download_azure(url: str, dest: str, *, what: str, progress_stream: TextIO | 
         else:
             service = BlobServiceClient(endpoint, **kw)
         downloader = service.get_blob_client(container, blob_name).download_blob(max_concurrency=1)
-        return _stream_to(dest, what, downloader.size, downloader.chunks(), progress_stream=progress_stream)
+        return _stream_to(dest, what, downloader.size, downloader.chunks())
     except ResourceNotFoundError as exc:
         code = getattr(exc, "error_code", None) or "BlobNotFound"
         raise ContextError(f"{what}: blob not found ({code})") from None

@@ -162,8 +162,10 @@ def describe_transport_error(exc: Exception) -> str:
     return f"{name}: {text}"[:200] if text else name
 
 
-def file_body(path: str, offset: int, length: int) -> Callable[[], Iterator[bytes]]:
-    """A replayable streaming body: ``length`` bytes of ``path`` from ``offset``, 1 MiB at a time."""
+def file_body(path: str, offset: int, length: int, *,
+              sent: Callable[[int], None] | None = None) -> Callable[[], Iterator[bytes]]:
+    """A replayable streaming body: ``length`` bytes of ``path`` from ``offset``, 1 MiB at a time.
+    ``sent(position)`` is told the file position after each chunk handed to the connection (progress)."""
     def gen() -> Iterator[bytes]:
         with open(path, "rb") as f:
             f.seek(offset)
@@ -174,6 +176,8 @@ def file_body(path: str, offset: int, length: int) -> Callable[[], Iterator[byte
                     raise RegistryError(f"{path}: file shrank while being uploaded")
                 left -= len(chunk)
                 yield chunk
+                if sent is not None:
+                    sent(offset + length - left)
     return gen
 
 

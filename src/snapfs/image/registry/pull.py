@@ -19,6 +19,7 @@ from snapfs.image.model import (MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, Image, Ind
 from snapfs.image.reference import DEFAULT_REGISTRY, Reference, split_registry_spec, validate_digest
 from snapfs.mediatypes import INDEX_TYPES, MANIFEST_ACCEPT, MANIFEST_TYPES
 from snapfs.platforms import Platform
+from snapfs.progress import Transfer
 from .client import (RegistryClient, RegistryConnectionError, RegistryHTTPError, describe_transport_error, pull_scope,
                      read_limited, run_parallel)
 
@@ -227,10 +228,12 @@ class Puller:
             return self.store.path(digest)
         self.downloaded = True
         resp = self._get(f"/blobs/{digest}", what=what)
-        with contextlib.closing(resp), self.store.writer(digest, size=size, diff_id=diff_id, what=what) as writer:
+        with contextlib.closing(resp), self.store.writer(digest, size=size, diff_id=diff_id, what=what) as writer, \
+                Transfer(what.replace(digest, digest[:19]), total=size) as progress:
             try:
                 for chunk in resp.iter_bytes(1 << 20):
                     writer.write(chunk)
+                    progress.update(len(chunk))
             except httpx.TransportError as exc:
                 raise RegistryConnectionError(f"{what}: download broke after {writer.written} bytes: "
                                               f"{describe_transport_error(exc)}") from None

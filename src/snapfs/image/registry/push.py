@@ -17,6 +17,7 @@ from urllib.parse import urljoin
 from snapfs.errors import RegistryError
 from snapfs.image.model import Descriptor, Image, Layer
 from snapfs.image.reference import Reference
+from snapfs.progress import Transfer
 from .client import (RegistryClient, RegistryConnectionError, RegistryHTTPError, file_body, pull_scope, push_scope,
                      retry_after_seconds, run_parallel)
 
@@ -167,15 +168,21 @@ class BlobPusher:
                 return "mounted"
             location = self._location(resp)  # 202: the registry opened an ordinary upload instead
             break
+        with Transfer(f"{self.dest.name}: blob {desc.digest[:19]}", total=desc.size, verb="uploading",
+                      done="uploaded") as progress:
+            return self._upload(desc, location, path=path, data=data, what=what, progress=progress)
+
+    def _upload(self, desc: Descriptor, location: str | None, *, path: str | None, data: bytes | None, what: str,
+                progress: Transfer) -> str:
         restarts = 0
         while True:
             try:
                 if location is None:
                     location = self._start()
                 if path is not None and desc.size > self.client.options.monolithic_max:
-                    self._chunked(location, desc, path, what=what)
+                    self._chunked(location, desc, path, what=what, progress=progress)
                 else:
-                    self._monolithic(location, desc, path=path, data=data, what=what)
+                    self._monolithic(location, desc, path=path, data=data, what=what, progress=progress)
                 self.stats["uploaded"] += 1
                 return "uploaded"
             except (_Broken, RegistryConnectionError) as exc:
@@ -223,8 +230,8 @@ class BlobPusher:
             raise _Broken(f"{what}: registry computed digest {got}")
 
     def _monolithic(self, location: str, desc: Descriptor, *, path: str | None, data: bytes | None,
-                    what: str) -> None:
-        body = data if data is not None else file_body(path, 0, desc.size)
+                    what: str, progress: Transfer) -> None:
+        body = data if data is not None else file_body(path, 0, desc.size, sent=progress.at)
         self._commit(location, desc, headers={"Content-Type": "application/octet-stream",
                                               "Content-Length": str(desc.size)}, body=body, what=what)
 
@@ -241,7 +248,7 @@ class BlobPusher:
         # "0-0" means 0 bytes or 1 byte; assume 0: resending a byte is caught by the digest check at commit.
         return int(m.group(1)) + 1 if m and int(m.group(1)) > 0 else 0
 
-    def _chunked(self, location: str, desc: Descriptor, path: str, *, what: str) -> None:
+    def _chunked(self, location: str, desc: Descriptor, path: str, *, what: str, progress: Transfer) -> None:
         chunk = self.client.options.chunk_size
         offset = 0
         resumes = 0
@@ -250,8 +257,8 @@ class BlobPusher:
             headers = {"Content-Type": "application/octet-stream", "Content-Length": str(n),
                        "Content-Range": f"{offset}-{offset + n - 1}"}
             try:
-                resp = self._send("PATCH", location, headers=headers, body=file_body(path, offset, n), ok=(202,),
-                                  what=what)
+                body = file_body(path, offset, n, sent=progress.at)
+                resp = self._send("PATCH", location, headers=headers, body=body, ok=(202,), what=what)
             except (RegistryConnectionError, _Broken) as exc:
                 resumes += 1
                 if resumes > self.client.options.upload_restarts:
