@@ -160,6 +160,10 @@ def _check(o: BuildOptions) -> None:
     if o.image_format == "docker" and o.compression != "gzip":
         raise UsageError("--image-format docker needs gzip layers (Docker manifests cannot name zstd)")
     check_compression(o.compression, o.compression_level)  # before any work, not when the first layer is written
+    for flag, path in (("--image-name-with-digest-file", o.outputs.image_name_with_digest_file),
+                       ("--image-name-tag-with-digest-file", o.outputs.image_name_tag_with_digest_file)):
+        if path and not o.outputs.destinations:  # Kaniko: it names the destinations; without one it is an error
+            raise UsageError(f"{flag} needs a --destination (the file lists each destination with the digest)")
     if not o.outputs.destinations and not o.outputs.no_push and not (o.outputs.tar_path or o.outputs.oci_layout_path):
         raise UsageError("no output: give --destination, --tar-path or --oci-layout-path (or --no-push)")
 

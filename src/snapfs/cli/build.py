@@ -14,6 +14,8 @@ import time
 
 from snapfs.errors import NotSupportedError, UsageError
 
+from . import kaniko_compat
+
 BOOLEAN_FLAGS = ("--no-push", "--reproducible", "--single-snapshot", "--cache", "--cache-copy-layers",
                  "--cache-run-layers", "--no-push-cache", "--use-new-run", "--ignore-var-run", "--cleanup",
                  "--skip-unused-stages", "--insecure", "--insecure-pull", "--skip-tls-verify",
@@ -29,7 +31,7 @@ def normalize_booleans(argv: list[str]) -> list[str]:
     out = []
     for arg in argv:
         name, eq, value = arg.partition("=")
-        if eq and name in BOOLEAN_FLAGS:
+        if eq and (name in BOOLEAN_FLAGS or name in kaniko_compat.BOOLEAN_FLAGS):
             v = value.lower()
             if v in ("true", "1", "yes"):
                 out.append(name)
@@ -95,6 +97,7 @@ def register(sub) -> None:
         p.add_argument(f"--no-snapfs-{flag[2:]}", dest=dest, action="store_false", default=argparse.SUPPRESS,
                        help=argparse.SUPPRESS)
     add_registry_arguments(p)
+    kaniko_compat.register(p)
     p.set_defaults(func=cmd_build)
 
 
@@ -133,6 +136,7 @@ def options_from_args(args):
     from snapfs.image.transports import OutputOptions
     from snapfs.image.reference import parse_reference
 
+    kaniko_compat.apply(args)
     for flag, value in (("--cache", args.cache), ("--cache-copy-layers", args.cache_copy_layers),
                         ("--cache-run-layers", args.cache_run_layers)):
         if value:
@@ -148,7 +152,7 @@ def options_from_args(args):
         "--no-push-cache": (args.no_push_cache, "there is no layer cache to push"),
         "--cache-ttl": (args.cache_ttl is not None, "there is no layer cache"),
         "--skip-unused-stages": (not args.skip_unused_stages, "snapfs always skips stages the target does not need"),
-        "--kaniko-dir": (args.kaniko_dir is not None and "--kaniko-dir" in " ".join(sys.argv),
+        "--kaniko-dir": (args.kaniko_dir not in (None, os.environ.get("KANIKO_DIR")),
                          "snapfs keeps its files in --snapfs-dir"),
     }
     for flag, (given, why) in no_effect.items():
@@ -160,7 +164,7 @@ def options_from_args(args):
                             image_name_with_digest_file=args.image_name_with_digest_file,
                             image_name_tag_with_digest_file=args.image_name_tag_with_digest_file,
                             check_push_access=not args.skip_push_permission_check)
-    return BuildOptions(
+    return kaniko_compat.finish(BuildOptions(
         context=args.context, dockerfile=args.dockerfile, context_sub_path=args.context_sub_path,
         git_options=args.git, build_args=_kv(args.build_arg, "--build-arg", env_fallback=True),
         target=args.target, outputs=outputs, registry=registry_options(args), snapshot_mode=args.snapshot_mode,
@@ -170,7 +174,7 @@ def options_from_args(args):
         ignore_paths=tuple(args.ignore_path), ignore_var_run=args.ignore_var_run,
         secrets=_secrets(args.secret), benchmark_file=args.benchmark_file, isolation=args.isolation,
         in_place={"auto": None, "true": True, "false": False}[args.in_container], cleanup=args.cleanup,
-        snapfs_dir=args.snapfs_dir or "")
+        snapfs_dir=args.snapfs_dir or ""), args)
 
 
 class _JsonFormatter(logging.Formatter):

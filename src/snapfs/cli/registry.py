@@ -62,7 +62,7 @@ def add_registry_arguments(parser: argparse.ArgumentParser, *, direction: str | 
     g.add_argument("--registry-client-cert", action="append", default=[], metavar="R=CERT,KEY",
                    help="present this client certificate to registry R")
     g.add_argument("--registry-mirror", action="append", default=[], metavar="M", help="mirror for docker.io")
-    g.add_argument("--registry-map", action="append", default=[], metavar="ORIG=NEW[;NEW2]",
+    g.add_argument("--registry-map", action="append", default=[], metavar="ORIG=NEW[;ORIG2=NEW2]",
                    help="pull images of registry ORIG from NEW")
     g.add_argument("--skip-default-registry-fallback", action="store_true",
                    help="do not fall back to the original registry when mirrors or maps fail")
@@ -92,8 +92,15 @@ def registry_options(args: argparse.Namespace, *, direction: str | None = None) 
         client_certs.append((reg, cert, key))
     maps = []
     for v in args.registry_map:
-        orig, targets = _pair("--registry-map", v)
-        maps += [(orig, t) for t in targets.split(";") if t]
+        # Kaniko's form: ORIG=NEW;ORIG2=NEW2 (pairs split at ";"); a part without "=" is one more NEW for the
+        # ORIG before it (ORIG=NEW;NEW2, snapfs's earlier form).
+        orig = None
+        for part in (p for p in v.split(";") if p):
+            if "=" in part or orig is None:
+                orig, target = _pair("--registry-map", part)
+            else:
+                target = part
+            maps.append((orig, target))
     for _, t in maps:
         split_registry_spec(t)
     for m in args.registry_mirror:
