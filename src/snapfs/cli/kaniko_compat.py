@@ -27,18 +27,51 @@ _GO_TRUE, _GO_FALSE = ("1", "t", "T", "TRUE", "true", "True"), ("0", "f", "F", "
 
 log = logging.getLogger("snapfs.build")
 
+# Help for `snapfs build` flags defined without any (the test walking the parser requires help on every flag).
+HELP = {
+    "--build-arg": "build argument K=V; a bare K takes its value from the environment (repeatable)",
+    "--custom-platform": "the platform to build for, and to pick base images by (one per build)",
+    "--destination": "push the image to REF (repeatable)",
+    "--digest-file": "write the image digest to this file",
+    "--image-name-with-digest-file": "write NAME@DIGEST of each destination to this file",
+    "--image-name-tag-with-digest-file": "write NAME:TAG@DIGEST of each destination to this file",
+    "--label": "label K=V on the final image (repeatable)",
+    "--compression": "layer compression: gzip or zstd",
+    "--compression-level": "compression level of new layers",
+    "--snapshot-mode": "full (stat, then content where stat cannot tell), redo (stat only) or time (as redo)",
+    "--ignore-path": "leave PATH out of every snapshot (repeatable)",
+    "--cache-repo": "layer cache repository",
+    "--cache-ttl": "layer cache lifetime",
+    "--verbosity": "log level: panic, fatal, error, warn, info, debug or trace",
+    "--log-format": "log format: text, color or json",
+    "--no-push": "build without pushing to the destinations",
+    "--reproducible": "clamp timestamps of new layers and the config (SOURCE_DATE_EPOCH, else 0)",
+    "--single-snapshot": "one layer per stage, taken at its end",
+    "--cache": "layer caching",
+    "--cache-copy-layers": "cache COPY layers",
+    "--cache-run-layers": "cache RUN layers",
+    "--no-push-cache": "do not push cache layers",
+    "--use-new-run": "Kaniko's experimental RUN change detection (no effect: snapfs always diffs after RUN)",
+    "--ignore-var-run": "leave /var/run out of snapshots (true unless =false)",
+    "--cleanup": "in-container mode: clean the filesystem at the end",
+    "--skip-unused-stages": "build only the stages the target needs (true unless =false)",
+    "--log-timestamp": "timestamp every log line",
+    "--compressed-caching": "Kaniko's compressed cache layers (no effect: layers are never held in memory)",
+    "--force": "Kaniko's build outside a container (no effect: snapfs builds anywhere)",
+}
+
 
 class _Deprecated(argparse.Action):
     """A deprecated Kaniko spelling: stores into the current flag's dest and notes its use for a warning."""
 
-    def __init__(self, option_strings, dest, *, use: str, const=None, nargs=None, **kw) -> None:
+    def __init__(self, option_strings, dest, *, use: str, shown: str = "", const=None, nargs=None, **kw) -> None:
         super().__init__(option_strings, dest, nargs=nargs, const=const, **kw)
-        self.use = use
+        self.use, self.shown = use, shown  # shown: the user's spelling of a hidden --no-snapfs-* form
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
         used = dict(getattr(namespace, "_deprecated", None) or {})
-        used[option_string] = self.use
+        used[self.shown or option_string] = self.use
         namespace._deprecated = used
 
 
@@ -62,7 +95,8 @@ def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--whitelist-var-run", dest="ignore_var_run", action=_Deprecated, nargs=0, const=True,
                    default=argparse.SUPPRESS, use="--ignore-var-run", help="deprecated spelling of --ignore-var-run")
     p.add_argument("--no-snapfs-whitelist-var-run", dest="ignore_var_run", action=_Deprecated, nargs=0,
-                   const=False, default=argparse.SUPPRESS, use="--ignore-var-run=false", help=argparse.SUPPRESS)
+                   const=False, default=argparse.SUPPRESS, use="--ignore-var-run=false",
+                   shown="--whitelist-var-run=false", help=argparse.SUPPRESS)
     p.add_argument("--snapshotMode", dest="snapshot_mode", action=_Deprecated, choices=("full", "redo", "time"),
                    default=argparse.SUPPRESS, use="--snapshot-mode", help="deprecated spelling of --snapshot-mode")
     p.add_argument("--customPlatform", dest="custom_platform", action=_Deprecated, default=argparse.SUPPRESS,
@@ -70,6 +104,9 @@ def register(p: argparse.ArgumentParser) -> None:
                    help="deprecated spelling of --custom-platform")
     p.add_argument("--tarPath", dest="tar_path", action=_Deprecated, default=argparse.SUPPRESS, metavar="PATH",
                    use="--tar-path", help="deprecated spelling of --tar-path")
+    for action in p._actions:  # flags defined without help get Kaniko's meaning, in snapfs's words
+        if action.help is None and action.option_strings:
+            action.help = HELP.get(max(action.option_strings, key=len))
     no_push = os.environ.get("KANIKO_NO_PUSH")
     if no_push in _GO_TRUE:  # a default, so that --no-push=false on the command line still wins
         p.set_defaults(no_push=True)
