@@ -166,6 +166,52 @@ def test_the_privilege_rules_bite():
         "container snapfs drops capabilities snapfs needs: ['ALL']"]
 
 
+# --- resources -----------------------------------------------------------------------------------------------
+
+_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30,
+          "Ti": 2**40, "m": 10**-3}
+
+
+def quantity(text) -> float:
+    """A Kubernetes resource quantity (``4Gi``, ``500m``, ``2``) as a number."""
+    text = str(text)
+    digits = text.rstrip("kMGTimn")
+    return float(digits) * _UNITS[text[len(digits):]]
+
+
+def resource_problems(job: dict) -> list[str]:
+    """A build container must bound what it takes from the node: memory and the disk of its writable layer."""
+    problems = []
+    for c in containers(job["spec"]["template"]["spec"]):
+        res = c.get("resources", {})
+        for kind in ("memory", "ephemeral-storage"):
+            req, lim = res.get("requests", {}).get(kind), res.get("limits", {}).get(kind)
+            if req is None or lim is None:
+                problems.append(f"container {c['name']}: no {kind} request and limit")
+            elif quantity(req) > quantity(lim):
+                problems.append(f"container {c['name']}: {kind} request {req} above its limit {lim}")
+    return problems
+
+
+@pytest.mark.parametrize("name, job", JOBS, ids=[n for n, _ in JOBS])
+def test_job_bounds_memory_and_ephemeral_storage(name, job):
+    assert resource_problems(job) == []
+    res = job["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert quantity(res["limits"]["ephemeral-storage"]) >= 8 * 2**30  # a Debian build with gcc fits
+
+
+def test_the_resource_rules_bite():
+    _, job = JOBS[0]
+    bad = copy.deepcopy(job)
+    res = bad["spec"]["template"]["spec"]["containers"][0]["resources"]
+    del res["limits"]["ephemeral-storage"]
+    res["requests"]["memory"] = "8Gi"
+    assert schema_errors(bad) is None
+    assert resource_problems(bad) == ["container snapfs: memory request 8Gi above its limit 4Gi",
+                                      "container snapfs: no ephemeral-storage request and limit"]
+    assert quantity("500m") == 0.5 and quantity("4Gi") == 4 * 2**30 and quantity(2) == 2
+
+
 # --- what snapfs makes of them -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, job", JOBS, ids=[n for n, _ in JOBS])
