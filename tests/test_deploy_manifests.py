@@ -245,3 +245,44 @@ def test_configmap_is_mounted_where_the_job_reads_the_dockerfile():
     (vol,) = [n for n, v in volumes.items() if "configMap" in v]
     assert dockerfile == os.path.join(mounts[vol], "Dockerfile")
     assert [a for a in c["args"] if a.startswith("--context=s3://")]
+
+
+# --- deploy/README.md: reusing a kubernetes.io/dockerconfigjson Secret ---------------------------------------
+
+def _readme_secret_snippets() -> list[dict]:
+    with open(os.path.join(REPO, "deploy", "README.md")) as f:
+        text = f.read()
+    part = text[text.index("**Reusing an image pull Secret.**"):]
+    part = part[:part.index("\n**", 10)] if "\n**" in part[10:] else part
+    blocks = part.split("```yaml\n")[1:]
+    return [yaml.safe_load(b.split("```")[0]) for b in blocks]
+
+
+def test_readme_dockerconfigjson_secret_snippets_fit_the_job():
+    env_snippet, volume_snippet = _readme_secret_snippets()
+    _, job = [(n, j) for n, j in JOBS if n.startswith("job-s3")][0]
+    # As the variable: the Secret's .dockerconfigjson key replaces the Job's registry-credentials reference.
+    as_env = copy.deepcopy(job)
+    c = as_env["spec"]["template"]["spec"]["containers"][0]
+    c["env"] = [e for e in c["env"] if e["name"] != "SNAPFS_DOCKER_CONFIG_JSON"] + env_snippet["env"]
+    assert schema_errors(as_env) is None and model_round_trip(as_env) == as_env
+    assert env_snippet["env"][0]["valueFrom"]["secretKeyRef"]["key"] == ".dockerconfigjson"
+    # As a file: .dockerconfigjson becomes config.json in the directory DOCKER_CONFIG names in the image.
+    as_file = copy.deepcopy(job)
+    pod = as_file["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    c["env"] = [e for e in c["env"] if e["name"] != "SNAPFS_DOCKER_CONFIG_JSON"]
+    (snippet_c,) = volume_snippet["containers"]
+    assert snippet_c["name"] == c["name"]
+    c["volumeMounts"] += snippet_c["volumeMounts"]
+    pod["volumes"] += volume_snippet["volumes"]
+    assert schema_errors(as_file) is None and model_round_trip(as_file) == as_file
+    assert privilege_problems(as_file) == []
+    (vol,) = volume_snippet["volumes"]
+    (item,) = vol["secret"]["items"]
+    (mount,) = [m for m in snippet_c["volumeMounts"] if m["name"] == vol["name"]]
+    with open(os.path.join(REPO, "deploy", "Dockerfile")) as f:
+        docker_config = [w.split("=", 1)[1] for w in f.read().split() if w.startswith("DOCKER_CONFIG=")]
+    assert set(docker_config) == {"/snapfs/.docker/"}
+    assert (item["key"], os.path.join(mount["mountPath"], item["path"])) == \
+        (".dockerconfigjson", os.path.join(docker_config[0], "config.json"))
