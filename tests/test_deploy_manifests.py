@@ -166,6 +166,52 @@ def test_the_privilege_rules_bite():
         "container snapfs drops capabilities snapfs needs: ['ALL']"]
 
 
+# --- resources -----------------------------------------------------------------------------------------------
+
+_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30,
+          "Ti": 2**40, "m": 10**-3}
+
+
+def quantity(text) -> float:
+    """A Kubernetes resource quantity (``4Gi``, ``500m``, ``2``) as a number."""
+    text = str(text)
+    digits = text.rstrip("kMGTimn")
+    return float(digits) * _UNITS[text[len(digits):]]
+
+
+def resource_problems(job: dict) -> list[str]:
+    """A build container must bound what it takes from the node: memory and the disk of its writable layer."""
+    problems = []
+    for c in containers(job["spec"]["template"]["spec"]):
+        res = c.get("resources", {})
+        for kind in ("memory", "ephemeral-storage"):
+            req, lim = res.get("requests", {}).get(kind), res.get("limits", {}).get(kind)
+            if req is None or lim is None:
+                problems.append(f"container {c['name']}: no {kind} request and limit")
+            elif quantity(req) > quantity(lim):
+                problems.append(f"container {c['name']}: {kind} request {req} above its limit {lim}")
+    return problems
+
+
+@pytest.mark.parametrize("name, job", JOBS, ids=[n for n, _ in JOBS])
+def test_job_bounds_memory_and_ephemeral_storage(name, job):
+    assert resource_problems(job) == []
+    res = job["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert quantity(res["limits"]["ephemeral-storage"]) >= 8 * 2**30  # a Debian build with gcc fits
+
+
+def test_the_resource_rules_bite():
+    _, job = JOBS[0]
+    bad = copy.deepcopy(job)
+    res = bad["spec"]["template"]["spec"]["containers"][0]["resources"]
+    del res["limits"]["ephemeral-storage"]
+    res["requests"]["memory"] = "8Gi"
+    assert schema_errors(bad) is None
+    assert resource_problems(bad) == ["container snapfs: memory request 8Gi above its limit 4Gi",
+                                      "container snapfs: no ephemeral-storage request and limit"]
+    assert quantity("500m") == 0.5 and quantity("4Gi") == 4 * 2**30 and quantity(2) == 2
+
+
 # --- what snapfs makes of them -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, job", JOBS, ids=[n for n, _ in JOBS])
@@ -199,3 +245,44 @@ def test_configmap_is_mounted_where_the_job_reads_the_dockerfile():
     (vol,) = [n for n, v in volumes.items() if "configMap" in v]
     assert dockerfile == os.path.join(mounts[vol], "Dockerfile")
     assert [a for a in c["args"] if a.startswith("--context=s3://")]
+
+
+# --- deploy/README.md: reusing a kubernetes.io/dockerconfigjson Secret ---------------------------------------
+
+def _readme_secret_snippets() -> list[dict]:
+    with open(os.path.join(REPO, "deploy", "README.md")) as f:
+        text = f.read()
+    part = text[text.index("**Reusing an image pull Secret.**"):]
+    part = part[:part.index("\n**", 10)] if "\n**" in part[10:] else part
+    blocks = part.split("```yaml\n")[1:]
+    return [yaml.safe_load(b.split("```")[0]) for b in blocks]
+
+
+def test_readme_dockerconfigjson_secret_snippets_fit_the_job():
+    env_snippet, volume_snippet = _readme_secret_snippets()
+    _, job = [(n, j) for n, j in JOBS if n.startswith("job-s3")][0]
+    # As the variable: the Secret's .dockerconfigjson key replaces the Job's registry-credentials reference.
+    as_env = copy.deepcopy(job)
+    c = as_env["spec"]["template"]["spec"]["containers"][0]
+    c["env"] = [e for e in c["env"] if e["name"] != "SNAPFS_DOCKER_CONFIG_JSON"] + env_snippet["env"]
+    assert schema_errors(as_env) is None and model_round_trip(as_env) == as_env
+    assert env_snippet["env"][0]["valueFrom"]["secretKeyRef"]["key"] == ".dockerconfigjson"
+    # As a file: .dockerconfigjson becomes config.json in the directory DOCKER_CONFIG names in the image.
+    as_file = copy.deepcopy(job)
+    pod = as_file["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    c["env"] = [e for e in c["env"] if e["name"] != "SNAPFS_DOCKER_CONFIG_JSON"]
+    (snippet_c,) = volume_snippet["containers"]
+    assert snippet_c["name"] == c["name"]
+    c["volumeMounts"] += snippet_c["volumeMounts"]
+    pod["volumes"] += volume_snippet["volumes"]
+    assert schema_errors(as_file) is None and model_round_trip(as_file) == as_file
+    assert privilege_problems(as_file) == []
+    (vol,) = volume_snippet["volumes"]
+    (item,) = vol["secret"]["items"]
+    (mount,) = [m for m in snippet_c["volumeMounts"] if m["name"] == vol["name"]]
+    with open(os.path.join(REPO, "deploy", "Dockerfile")) as f:
+        docker_config = [w.split("=", 1)[1] for w in f.read().split() if w.startswith("DOCKER_CONFIG=")]
+    assert set(docker_config) == {"/snapfs/.docker/"}
+    assert (item["key"], os.path.join(mount["mountPath"], item["path"])) == \
+        (".dockerconfigjson", os.path.join(docker_config[0], "config.json"))

@@ -97,6 +97,20 @@ class DockerfileError(SnapfsError):
 
 
 class BuildError(SnapfsError):
-    """A build step failed (e.g. a RUN command exited non-zero)."""
+    """A build step failed (a COPY source missing, a RUN that could not be set up, ...)."""
 
     exit_code = 8
+
+
+class RunFailedError(BuildError):
+    """A RUN command exited non-zero or died of a signal; ``status`` is its own status (128 + signal).
+
+    Its exit code is fixed, never the command's own status: a RUN that exits 6 must not look like a registry
+    error (6), nor one killed by SIGTERM like an interrupted build (143).
+    """
+
+    exit_code = 9
+
+    def __init__(self, message: str, *, status: int, **context) -> None:
+        super().__init__(message, **context)
+        self.status = status

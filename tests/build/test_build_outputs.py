@@ -82,7 +82,7 @@ def test_failed_build_leaves_no_output_and_no_tag(registry, ctx, tmp_path):
     r = snapfs_build(registry, tmp_path, "-c", str(ctx), f"--destination={dest}",
                      f"--oci-layout-path={tmp_path / 'oci'}", f"--tar-path={tmp_path / 'img.tar'}",
                      f"--digest-file={tmp_path / 'digest'}")
-    assert r.returncode == 1 and "step 3/3 (RUN at Dockerfile:3)" in r.stderr and "non-zero code: 1" in r.stderr
+    assert r.returncode == 9 and "step 3/3 (RUN at Dockerfile:3)" in r.stderr and "non-zero code: 1" in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "oci").exists() and not (tmp_path / "img.tar").exists()
     assert not (tmp_path / "digest").exists()

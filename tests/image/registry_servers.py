@@ -261,7 +261,7 @@ class Fault:
     status: int = 500
     headers: dict = field(default_factory=dict)
     target: str = ""  # redirect: base URL of the other server
-    body: bytes = b""  # body: what a hostile registry answers (200, with ``headers``)
+    body: bytes = b""  # body: what a hostile registry answers (200, with ``headers``); status: the error body
     hits: int = 0
 
     def matches(self, method: str, path: str) -> bool:
@@ -368,7 +368,8 @@ class FaultProxy:
         body = self._read_body(h)
         if fault is not None and fault.action == "status":
             self._record(method, path, fault.status, headers)
-            self._reply(h, fault.status, fault.headers, b'{"errors":[{"code":"INJECTED","message":"fault"}]}')
+            self._reply(h, fault.status, fault.headers,
+                        fault.body or b'{"errors":[{"code":"INJECTED","message":"fault"}]}')
             return
         if fault is not None and fault.action == "unauthorized" and headers.get("Authorization", "").startswith(
                 "Bearer"):

@@ -216,3 +216,34 @@ def test_a_registry_serving_a_manifest_that_is_also_an_index_is_refused(plain_re
     _cache_is_clean(store)
     blobs = os.path.join(store.root, "blobs", "sha256")
     assert not os.path.isdir(blobs) or os.listdir(blobs) == []
+
+
+# ECR's refusal of a manifest PUT to an existing tag of an immutable repository (its distribution-style error).
+ECR_IMMUTABLE = (b'{"errors":[{"code":"TAG_INVALID","message":"The image tag \'1\' already exists in the '
+                 b'\'faults/immutable\' repository and cannot be overwritten because the repository is immutable."}]}')
+
+
+def test_an_immutable_tag_is_skipped_only_with_the_kaniko_flag(plain_registry, proxy, client_for, tmp_path, caplog):
+    img = _image(tmp_path)
+    dests = [ref(f"{proxy.host}/faults/immutable:1"), ref(f"{proxy.host}/faults/immutable:2")]
+
+    def tagged(tag: str) -> bool:  # HEAD with the manifest's type: without it the registry says 404 anyway
+        return httpx.head(f"http://{plain_registry.host}/v2/faults/immutable/manifests/{tag}",
+                          headers={"Accept": img.manifest_media_type}).status_code == 200
+    proxy.add(Fault("PUT", "/manifests/1$", "status", status=400, body=ECR_IMMUTABLE))
+    with pytest.raises(RegistryError, match=r"HTTP 400 \(TAG_INVALID: .* cannot be overwritten because the "
+                                            r"repository is immutable"):
+        push_image(client_for(), img, dests)
+    assert not tagged("2")
+    proxy.reset()
+    proxy.add(Fault("PUT", "/manifests/1$", "status", status=400, body=ECR_IMMUTABLE))
+    assert push_image(client_for(push_ignore_immutable_tag_errors=True), img, dests) == img.digest
+    assert tagged("2") and not tagged("1")
+    assert any(f"{proxy.host}/faults/immutable:1: not tagged, the tag is immutable and exists" in r.getMessage()
+               for r in caplog.records if r.levelname == "WARNING")
+    # Any other refusal still fails the push, flag or not.
+    proxy.reset()
+    proxy.add(Fault("PUT", "/manifests/", "status", status=400,
+                    body=b'{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid"}]}'))
+    with pytest.raises(RegistryError, match="MANIFEST_INVALID"):
+        push_image(client_for(push_ignore_immutable_tag_errors=True), img, [ref(f"{proxy.host}/faults/other:1")])

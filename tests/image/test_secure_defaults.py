@@ -92,6 +92,11 @@ BUILD_DEFAULTS = {
     "push_retry": (0, None, None),
     "image_download_retry": (0, None, None),
     "chunk_size": (None, "64M", None),
+    # Kaniko's rarer flags (snapfs.cli.kaniko_compat); KANIKO_NO_PUSH=true would make no_push default to true
+    "bucket": (None, None, None),
+    "image_fs_extract_retry": (0, None, None),
+    "push_ignore_immutable_tag_errors": (False, None, "default false"),
+    "force_build_metadata": (False, None, "refused"),
 }
 
 _REGISTRY = {k: BUILD_DEFAULTS[k] for k in (
@@ -119,7 +124,7 @@ TABLES["warm"] = WARM_DEFAULTS
 
 @pytest.fixture
 def parser(monkeypatch):
-    for var in ("KANIKO_DIR", "SNAPFS_DIR"):  # defaults read at parser creation
+    for var in ("KANIKO_DIR", "SNAPFS_DIR", "KANIKO_NO_PUSH"):  # defaults read at parser creation
         monkeypatch.delenv(var, raising=False)
     return make_parser()
 

@@ -19,7 +19,7 @@ from snapfs.engine import lifecycle
 from snapfs.engine.compress import check_compression
 from snapfs.engine.layer import source_date_epoch
 from snapfs.engine.rootfs import RootFS
-from snapfs.errors import BuildError, InputError, SnapfsError, UsageError
+from snapfs.errors import BuildError, InputError, RunFailedError, SnapfsError, UsageError
 from snapfs.frontend.dockerignore import load_dockerignore
 from snapfs.frontend.plan import Plan, expand_instruction, onbuild_instructions, plan_build, stage_scope
 from snapfs.image.blobstore import BlobStore
@@ -196,6 +196,10 @@ def _check(o: BuildOptions) -> None:
     check_compression(o.compression, o.compression_level)  # before any work, not when the first layer is written
     if o.platform_mismatch not in ("error", "warn"):
         raise UsageError(f"unknown --platform-mismatch {o.platform_mismatch!r} (choose error or warn)")
+    for flag, path in (("--image-name-with-digest-file", o.outputs.image_name_with_digest_file),
+                       ("--image-name-tag-with-digest-file", o.outputs.image_name_tag_with_digest_file)):
+        if path and not o.outputs.destinations:  # Kaniko: it names the destinations; without one it is an error
+            raise UsageError(f"{flag} needs a --destination (the file lists each destination with the digest)")
     if not o.outputs.destinations and not o.outputs.no_push and not (o.outputs.tar_path or o.outputs.oci_layout_path):
         raise UsageError("no output: give --destination, --tar-path or --oci-layout-path (or --no-push)")
     if o.cache.enabled and not o.cache.repo and not o.outputs.destinations:
@@ -451,7 +455,7 @@ class _Builder:
             except SnapfsError as exc:
                 full = lifecycle.full_hint([self.scratch, self.cache_dir])  # a RUN that filled the disk
                 raise self._step_failed(instruction, imageconfig.json_safe(redact_url(exc.message)) + full,
-                                        exit_code=exc.exit_code) from None
+                                        exit_code=exc.exit_code, status=getattr(exc, "status", None)) from None
             except OSError as exc:  # the disk, not the Dockerfile: still one line that names the step
                 full = lifecycle.full_place(exc, [self.scratch, self.cache_dir])
                 where = f": {exc.filename}" if exc.filename else f": {full}" if full else ""
@@ -490,13 +494,18 @@ class _Builder:
         cached.prefetch(steps)
         return cached
 
-    def _step_failed(self, instruction, detail: str, *, exit_code: int | None = None) -> BuildError:
+    def _step_failed(self, instruction, detail: str, *, exit_code: int | None = None,
+                     status: int | None = None) -> BuildError:
         """A step's failure as a BuildError whose context fields name the step; the lower error's exit code
-        is kept. The location is the step's instruction (the lower error's own location, if any, is part of
-        ``detail``): SnapfsError.message formats the line."""
+        is kept, and a failed RUN command stays a RunFailedError with its ``status``. The location is the
+        step's instruction (the lower error's own location, if any, is part of ``detail``):
+        SnapfsError.message formats the line."""
         node = instruction.node
-        return BuildError(detail, exit_code=exit_code, file=self.plan.file, line=node.start_line,
-                          column=node.column, step=self.step_no, total=self.total, instruction=node.keyword)
+        where = dict(file=self.plan.file, line=node.start_line, column=node.column, step=self.step_no,
+                     total=self.total, instruction=node.keyword)
+        if status is not None:
+            return RunFailedError(detail, status=status, **where)
+        return BuildError(detail, exit_code=exit_code, **where)
 
     def _stage_root(self, index: int, stage, base: Image) -> stageroot.StageRoot:
         """Overlay over the cached base (or over the parent stage) when mounts work; else unpack."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from snapfs.engine.rootfs import RootFS
-from snapfs.errors import BuildError, NotSupportedError, UsageError
+from snapfs.errors import BuildError, NotSupportedError, RunFailedError, UsageError
 from snapfs.frontend import instructions as ins
 from snapfs.frontend.plan import Plan
 from snapfs.frontend.values import parse_mount
@@ -200,8 +200,8 @@ class StepRunner:
             else:  # the step writes straight to our stdout and stderr: no copy, no thread
                 result = run(spec)
         if result.exit_code != 0:
-            raise BuildError(f"RUN {_short(argv)} returned a non-zero code: {result.exit_code}",
-                             exit_code=result.exit_code if 0 < result.exit_code < 256 else 1)
+            raise RunFailedError(f"RUN {_short(argv)} returned a non-zero code: {result.exit_code}",
+                                 status=result.exit_code)
         lookup = scope.lookup()
         args = [(k, lookup.get(k, v)) for k, v in scope.args.items()]
         return executor.commit(self.state, self.opts, index=index, created_by=history.run(argv, args),

@@ -15,6 +15,8 @@ import time
 
 from snapfs.errors import UsageError
 
+from . import kaniko_compat
+
 BOOLEAN_FLAGS = ("--no-push", "--reproducible", "--single-snapshot", "--cache", "--cache-copy-layers",
                  "--cache-run-layers", "--no-push-cache", "--use-new-run", "--ignore-var-run", "--cleanup",
                  "--skip-unused-stages", "--insecure", "--insecure-pull", "--skip-tls-verify",
@@ -37,7 +39,7 @@ def normalize_booleans(argv: list[str]) -> list[str]:
     out = []
     for arg in argv:
         name, eq, value = arg.partition("=")
-        if eq and name in BOOLEAN_FLAGS:
+        if eq and (name in BOOLEAN_FLAGS or name in kaniko_compat.BOOLEAN_FLAGS):
             v = value.lower()
             if v in ("true", "1", "yes"):
                 out.append(name)
@@ -110,6 +112,7 @@ def register(sub) -> None:
         p.add_argument(f"--no-snapfs-{flag[2:]}", dest=dest, action="store_false", default=argparse.SUPPRESS,
                        help=argparse.SUPPRESS)
     add_registry_arguments(p)
+    kaniko_compat.register(p)
     p.set_defaults(func=cmd_build)
 
 
@@ -150,6 +153,7 @@ def options_from_args(args):
 
     from snapfs.cache.session import DEFAULT_TTL, CacheOptions
 
+    kaniko_compat.apply(args)
     log = logging.getLogger("snapfs.build")
     # Accepted for Kaniko compatibility, with nothing to do here: said out loud, never silently dropped.
     no_effect = {
@@ -158,7 +162,7 @@ def options_from_args(args):
         "--compressed-caching": (not args.compressed_caching, "snapfs never holds a layer in memory"),
         "--cache-repo": (bool(args.cache_repo) and not args.cache, "the layer cache is off (no --cache)"),
         "--skip-unused-stages": (not args.skip_unused_stages, "snapfs always skips stages the target does not need"),
-        "--kaniko-dir": (args.kaniko_dir is not None and "--kaniko-dir" in " ".join(sys.argv),
+        "--kaniko-dir": (args.kaniko_dir not in (None, os.environ.get("KANIKO_DIR")),
                          "snapfs keeps its files in --snapfs-dir"),
     }
     for flag, (given, why) in no_effect.items():
@@ -170,7 +174,7 @@ def options_from_args(args):
                             image_name_with_digest_file=args.image_name_with_digest_file,
                             image_name_tag_with_digest_file=args.image_name_tag_with_digest_file,
                             check_push_access=not args.skip_push_permission_check)
-    return BuildOptions(
+    return kaniko_compat.finish(BuildOptions(
         context=args.context, dockerfile=args.dockerfile, context_sub_path=args.context_sub_path,
         git_options=args.git, build_args=_kv(args.build_arg, "--build-arg", env_fallback=True),
         target=args.target, outputs=outputs, registry=registry_options(args), snapshot_mode=args.snapshot_mode,
@@ -185,7 +189,7 @@ def options_from_args(args):
         cache=CacheOptions(enabled=args.cache, repo=args.cache_repo or "", copy_layers=args.cache_copy_layers,
                            run_layers=args.cache_run_layers, push=not args.no_push_cache,
                            ttl=DEFAULT_TTL if args.cache_ttl is None else go_duration(args.cache_ttl, "--cache-ttl"),
-                           report_file=args.cache_report))
+                           report_file=args.cache_report)), args)
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")

@@ -56,18 +56,20 @@ def add_registry_arguments(parser: argparse.ArgumentParser, *, direction: str | 
                    help="allow plain HTTP for registry R (repeatable)")
     g.add_argument("--skip-tls-verify", action="store_true", help=help_["--skip-tls-verify"])
     g.add_argument("--skip-tls-verify-pull", action="store_true", help=help_["--skip-tls-verify-pull"])
-    g.add_argument("--skip-tls-verify-registry", action="append", default=[], metavar="R")
+    g.add_argument("--skip-tls-verify-registry", action="append", default=[], metavar="R",
+                   help="do not verify the TLS certificate of registry R (repeatable)")
     g.add_argument("--registry-certificate", action="append", default=[], metavar="R=CA.pem",
                    help="trust this CA for registry R")
     g.add_argument("--registry-client-cert", action="append", default=[], metavar="R=CERT,KEY",
                    help="present this client certificate to registry R")
     g.add_argument("--registry-mirror", action="append", default=[], metavar="M", help="mirror for docker.io")
-    g.add_argument("--registry-map", action="append", default=[], metavar="ORIG=NEW[;NEW2]",
+    g.add_argument("--registry-map", action="append", default=[], metavar="ORIG=NEW[;ORIG2=NEW2]",
                    help="pull images of registry ORIG from NEW")
     g.add_argument("--skip-default-registry-fallback", action="store_true",
                    help="do not fall back to the original registry when mirrors or maps fail")
-    g.add_argument("--push-retry", type=int, default=0, metavar="N")
-    g.add_argument("--image-download-retry", type=int, default=0, metavar="N")
+    g.add_argument("--push-retry", type=int, default=0, metavar="N", help="extra attempts of a failed push")
+    g.add_argument("--image-download-retry", type=int, default=0, metavar="N",
+                   help="extra attempts of a failed image download")
     g.add_argument("--chunk-size", type=_size, default=None, metavar="SIZE",
                    help="upload blobs larger than SIZE in chunks of SIZE (default 64M)")
 
@@ -92,8 +94,15 @@ def registry_options(args: argparse.Namespace, *, direction: str | None = None) 
         client_certs.append((reg, cert, key))
     maps = []
     for v in args.registry_map:
-        orig, targets = _pair("--registry-map", v)
-        maps += [(orig, t) for t in targets.split(";") if t]
+        # Kaniko's form: ORIG=NEW;ORIG2=NEW2 (pairs split at ";"); a part without "=" is one more NEW for the
+        # ORIG before it (ORIG=NEW;NEW2, snapfs's earlier form).
+        orig = None
+        for part in (p for p in v.split(";") if p):
+            if "=" in part or orig is None:
+                orig, target = _pair("--registry-map", part)
+            else:
+                target = part
+            maps.append((orig, target))
     for _, t in maps:
         split_registry_spec(t)
     for m in args.registry_mirror:
@@ -175,15 +184,15 @@ def register(subparsers) -> None:
     p.add_argument("--oci-layout", required=True, metavar="DIR", help="OCI image layout to write")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to pick from an index (default: host)")
     p.add_argument("--cache-dir", metavar="DIR", help="content-addressed blob cache to pull through")
-    p.add_argument("-v", "--verbose", action="count", default=0)
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logs (-vv: debug, -vvv: HTTP)")
     add_registry_arguments(p, direction="pull")
     p.set_defaults(func=_cmd_pull)
 
     q = subparsers.add_parser("push", help="push an OCI layout or docker archive to registries")
     q.add_argument("source", metavar="SOURCE", help="OCI layout DIR[:REF] or docker-archive FILE[:TAG]")
     q.add_argument("ref", metavar="REF", nargs="+", help="destination(s)")
-    q.add_argument("--digest-file", metavar="FILE")
+    q.add_argument("--digest-file", metavar="FILE", help="write the pushed image's digest to FILE")
     q.add_argument("--cache-dir", metavar="DIR", help="where layers of a docker archive are unpacked")
-    q.add_argument("-v", "--verbose", action="count", default=0)
+    q.add_argument("-v", "--verbose", action="count", default=0, help="more logs (-vv: debug, -vvv: HTTP)")
     add_registry_arguments(q, direction="push")
     q.set_defaults(func=_cmd_push)

@@ -46,7 +46,7 @@ def split_transport(spec: str) -> tuple[str | None, str]:
 
 @dataclass(frozen=True)
 class OutputOptions:
-    """Kaniko's output flags."""
+    """Kaniko's output flags. ``destinations`` may be given as strings (``"reg/app:1"``): they are parsed here."""
 
     destinations: tuple[Reference, ...] = ()
     no_push: bool = False
@@ -56,6 +56,12 @@ class OutputOptions:
     image_name_with_digest_file: str | None = None
     image_name_tag_with_digest_file: str | None = None
     check_push_access: bool = True  # False: --skip-push-permission-check
+
+    def __post_init__(self) -> None:
+        if isinstance(self.destinations, (str, Reference)):  # one destination, not a sequence of characters
+            object.__setattr__(self, "destinations", (self.destinations,))
+        parsed = tuple(parse_reference(d) if isinstance(d, str) else d for d in self.destinations)
+        object.__setattr__(self, "destinations", parsed)
 
     @property
     def pushes(self) -> bool:

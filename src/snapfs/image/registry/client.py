@@ -83,6 +83,7 @@ class RegistryOptions:
     skip_default_registry_fallback: bool = False
     push_retry: int = 0                         # --push-retry: extra attempts of a whole push
     image_download_retry: int = 0               # --image-download-retry: extra attempts of a whole pull
+    push_ignore_immutable_tag_errors: bool = False  # a destination refusing an existing immutable tag is skipped
     request_retries: int = 4                    # per request, for connection errors / 5xx / 429
     backoff_base: float = 0.5
     backoff_max: float = 10.0

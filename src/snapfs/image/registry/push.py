@@ -25,6 +25,11 @@ log = logging.getLogger("snapfs.registry")
 
 _RANGE_RE = re.compile(r"^(?:bytes=)?0-(\d+)$")
 
+# How registries refuse a manifest PUT to an existing immutable tag (the phrases Kaniko knows, lower case):
+# Artifact Registry, ECR; and ECR's distribution-style error code with the word.
+_IMMUTABLE_TAG = ("the repository has enabled tag immutability",
+                  "cannot be overwritten because the repository is immutable")
+
 
 class _Broken(RegistryError):
     """An upload session that failed in a way a new attempt may fix."""
@@ -61,9 +66,23 @@ def push_image(client: RegistryClient, image: Image, destinations: Sequence[Refe
                             attempts, delay)
                 client.sleep(delay)
     for dest in destinations:
-        put_manifest(client, dest, image.manifest_bytes, media_type=image.manifest_media_type, digest=image.digest)
+        try:
+            put_manifest(client, dest, image.manifest_bytes, media_type=image.manifest_media_type,
+                         digest=image.digest)
+        except RegistryHTTPError as exc:
+            if not (client.options.push_ignore_immutable_tag_errors and is_immutable_tag_error(exc)):
+                raise
+            log.warning("%s: not tagged, the tag is immutable and exists (--push-ignore-immutable-tag-errors): %s",
+                        dest, exc.message)
     log.info("pushed %s to %d destination(s) in %.1fs", image.digest, len(destinations), time.monotonic() - started)
     return image.digest
+
+
+def is_immutable_tag_error(exc: RegistryHTTPError) -> bool:
+    """Whether a registry refused a manifest because its tag is immutable and already set."""
+    text = exc.message.lower()
+    return exc.status < 500 and (any(p in text for p in _IMMUTABLE_TAG) or
+                                 ("tag_invalid" in text and "immutable" in text))
 
 
 def check_push_access(client: RegistryClient, dest: Reference) -> None:
