@@ -153,11 +153,10 @@ def _gcr(provider: Provider, registry: str) -> CloudToken:
     try:
         credentials, _ = google.auth.default(scopes=[GCP_SCOPE])
     except gexc.DefaultCredentialsError as exc:
-        text = _first_line(exc)
-        if "could not automatically determine credentials" in text.lower():
-            raise _Failed("no Google credentials found (GOOGLE_APPLICATION_CREDENTIALS, workload identity "
-                          "metadata server)", "no-credentials") from None
-        raise _Failed(f"cannot load the Google credentials: {text}") from None
+        if os.environ.get("GOOGLE_APPLICATION_CREDENTIALS"):  # named but unusable: say why
+            raise _Failed(f"cannot load GOOGLE_APPLICATION_CREDENTIALS: {_first_line(exc)}") from None
+        raise _Failed("no Google credentials found (GOOGLE_APPLICATION_CREDENTIALS, workload identity metadata "
+                      "server)", "no-credentials") from None
     try:
         credentials.refresh(google.auth.transport.requests.Request())
     except gexc.GoogleAuthError as exc:
