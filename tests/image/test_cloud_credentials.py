@@ -374,6 +374,8 @@ def test_acr_failures_are_one_line_without_secrets(azure_sp, monkeypatch, tmp_pa
     assert exc.value.message == f"ACR credentials for {host}: no Azure credentials found (workload identity, " \
                                 "managed identity, environment service principal)"
     assert "Wrong-Secret~0123456789" not in caplog.text
+    # The SDK's own multi-line warnings do not add to the one line.
+    assert [r.name for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 # --- config.json precedence, helper names, missing SDKs, logs --------------------------------------------------

@@ -16,8 +16,8 @@ provider is used):
 
 Endpoints are the SDKs' own business (``AWS_ENDPOINT_URL_ECR``, a service-account file's ``token_uri``,
 ``GCE_METADATA_HOST``, ``AZURE_AUTHORITY_HOST``). Tokens are cached per process until shortly before they expire.
-While an SDK runs, its own debug log records are withheld: they print request and response bodies, which hold
-the tokens. Failures are one line naming the provider, the registry and the reason, never a token.
+While an SDK runs, its own log records are withheld: its debug output prints request and response bodies, which
+hold the tokens. Failures are one line naming the provider, the registry and the reason, never a token.
 """
 from __future__ import annotations
 
@@ -333,8 +333,8 @@ _factory_installed = False
 
 
 def _install_log_factory() -> None:
-    """Once per process: a log record factory that, while a provider runs (in that thread only), replaces the
-    SDKs' debug and info records (request and response bodies, with the tokens in them) by a placeholder."""
+    """Once per process: a log record factory that, while a provider runs (in that thread only), turns the SDKs'
+    records (request and response bodies with the tokens in them, multi-line warnings) into a debug placeholder."""
     global _factory_installed
     with _factory_lock:
         if _factory_installed:
@@ -343,9 +343,11 @@ def _install_log_factory() -> None:
 
         def factory(*args, **kwargs):
             record = previous(*args, **kwargs)
-            if _withhold.get() and record.levelno < logging.WARNING and \
-                    record.name.split(".", 1)[0] in _SDK_LOGGERS:
+            if _withhold.get() and record.name.split(".", 1)[0] in _SDK_LOGGERS:
+                # Debug records print bodies; warnings repeat, over several lines, the reason our one line gives.
                 record.msg, record.args = "(cloud SDK log record withheld: it may hold a registry token)", None
+                record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+                record.exc_info = record.exc_text = None
             return record
 
         logging.setLogRecordFactory(factory)
