@@ -14,6 +14,8 @@ provider is used):
   managed identity; nothing interactive, no CLI) -> an Azure AD token for the cloud's management scope ->
   ``POST https://<registry>/oauth2/exchange`` -> an ACR refresh token, the password of the null-GUID user.
 
+The exchange is the one request made here rather than by an SDK or the registry client: it runs while the client
+asks for credentials, and needs nothing of the client's per-registry options (ACR serves public certificates).
 Endpoints are the SDKs' own business (``AWS_ENDPOINT_URL_ECR``, a service-account file's ``token_uri``,
 ``GCE_METADATA_HOST``, ``AZURE_AUTHORITY_HOST``). Tokens are cached per process until shortly before they expire.
 While an SDK runs, its own log records are withheld: its debug output prints request and response bodies, which
@@ -32,7 +34,7 @@ import re
 import ssl
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 from snapfs.errors import RegistryError
@@ -294,6 +296,9 @@ def _cached(key: tuple, fetch: Callable[[], object]) -> object:
             _cache[key] = (now, now + _FAILURE_TTL, exc)
             raise
         expires = value.expires_at if isinstance(value, CloudToken) else value[1]
+        if expires <= now:  # "expired" when just issued: a skewed clock; the registry will judge, ask again later
+            expires = now + _REFRESH_MARGIN
+            value = replace(value, expires_at=expires) if isinstance(value, CloudToken) else (value[0], expires)
         _cache[key] = (now, expires, value)
         return value
 
