@@ -172,13 +172,13 @@ def _gcr(provider: Provider, registry: str) -> CloudToken:
 
 def _acr(provider: Provider, registry: str) -> CloudToken:
     m = _ACR_RE.fullmatch(registry.lower().removesuffix(":443"))
-    authority_host, scope = _AZURE_CLOUDS[m.group(1) if m else "io"]
-    aad_token, aad_expires = _cached(("aad", authority_host, scope),
-                                     lambda: _aad_token(provider, authority_host, scope))
+    authority, scope = _AZURE_CLOUDS[m.group(1) if m else "io"]
+    authority = os.environ.get("AZURE_AUTHORITY_HOST") or authority
+    aad_token, aad_expires = _cached(("aad", authority, scope), lambda: _aad_token(provider, authority, scope))
     return _acr_exchange(registry, aad_token, aad_expires)
 
 
-def _aad_token(provider: Provider, authority_host: str, scope: str) -> tuple[str, float]:
+def _aad_token(provider: Provider, authority: str, scope: str) -> tuple[str, float]:
     """An Azure AD token from the first identity the pod has: a service principal in the environment, workload
     identity (a federated token file), else managed identity. Picked the way DefaultAzureCredential orders them,
     so that a configured identity's own error is reported rather than "nothing found"."""
@@ -186,16 +186,17 @@ def _aad_token(provider: Provider, authority_host: str, scope: str) -> tuple[str
     from azure.core.exceptions import AzureError, ClientAuthenticationError
 
     env = os.environ
-    explicit = env.get("AZURE_AUTHORITY_HOST", "")
-    # An authority set by the operator (Azure Stack, a private cloud) is trusted as given: Microsoft's instance
-    # discovery does not know it.
-    kw = {"authority": explicit, "disable_instance_discovery": True} if explicit else {"authority": authority_host}
+    kw: dict = {"authority": authority}
+    if env.get("AZURE_AUTHORITY_HOST"):
+        # An authority set by the operator (Azure Stack, a private cloud) is trusted as given: Microsoft's instance
+        # discovery does not know it.
+        kw["disable_instance_discovery"] = True
     has = lambda *names: all(env.get(n) for n in names)  # noqa: E731
     if has("AZURE_CLIENT_ID", "AZURE_TENANT_ID") and (has("AZURE_CLIENT_SECRET") or
                                                       has("AZURE_CLIENT_CERTIFICATE_PATH")):
         credential, what = identity.EnvironmentCredential(**kw), "service principal"
     elif has("AZURE_FEDERATED_TOKEN_FILE", "AZURE_CLIENT_ID", "AZURE_TENANT_ID"):
-        credential, what = identity.WorkloadIdentityCredential(authority=kw["authority"]), "workload identity"
+        credential, what = identity.WorkloadIdentityCredential(authority=authority), "workload identity"
     else:
         # Inside a chain, managed identity first probes the endpoint briefly instead of retrying for a minute.
         credential = identity.ChainedTokenCredential(
