@@ -46,7 +46,9 @@ ACR_USER = "00000000-0000-0000-0000-000000000000"
 GCR_USER = "oauth2accesstoken"
 GCP_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 _REFRESH_MARGIN = 300.0  # fetch a new token this long before the old one expires (or at half its lifetime)
-_FAILURE_TTL = 60.0  # a failed lookup is not retried for this long (each try may probe a metadata endpoint)
+# A failed lookup is not retried for this long: each try may probe a metadata endpoint (google-auth's probe takes
+# 3 s where nothing answers). No identity or no SDK will not change while the process runs.
+_FAILURE_TTL = {"failed": 60.0, "no-credentials": 3600.0, "missing-sdk": 3600.0}
 _DEFAULT_LIFETIME = 3600.0  # when a token does not say how long it lives
 _HTTP_TIMEOUT = 30.0
 # Values that may appear in an SDK's error text: masked before a message is built from it.
@@ -294,7 +296,7 @@ def _cached(key: tuple, fetch: Callable[[], object]) -> object:
         try:
             value = fetch()
         except _Failed as exc:
-            _cache[key] = (now, now + _FAILURE_TTL, exc)
+            _cache[key] = (now, now + _FAILURE_TTL[exc.kind], exc)
             raise
         expires = value.expires_at if isinstance(value, CloudToken) else value[1]
         if expires <= now:  # "expired" when just issued: a skewed clock; the registry will judge, ask again later
