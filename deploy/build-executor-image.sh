@@ -32,7 +32,7 @@ ctx=$(mktemp -d "${TMPDIR:-/tmp}/snapfs-executor-context.XXXXXX")
 run=$(mktemp -d "${TMPDIR:-/tmp}/snapfs-executor-builder.XXXXXX")
 trap 'rm -rf "$ctx" "$run"' EXIT
 echo "build-executor-image: building wheels into $ctx/wheels" >&2
-"$PY" -m pip wheel -q --disable-pip-version-check --wheel-dir "$ctx/wheels" "$repo" 2>&1 \
+"$PY" -m pip wheel -q --disable-pip-version-check --wheel-dir "$ctx/wheels" "$repo[all]" 2>&1 \
   | grep -v -E '^WARNING: (Running pip as|Location)' >&2 || true
 ls "$ctx"/wheels/snapfs-*.whl >/dev/null
 cp "$repo/deploy/Dockerfile" "$repo/deploy/bundle.py" "$ctx/"

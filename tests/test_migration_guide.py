@@ -26,8 +26,8 @@ def _sections() -> dict[str, list[list[str]]]:
     title = ""
     with open(GUIDE) as f:
         for line in f:
-            if line.startswith("## "):
-                title = line[3:].strip()
+            if line.startswith(("## ", "### ")):  # a ### subsection has a table of its own (the warmer's flags)
+                title = line.split(" ", 1)[1].strip()
                 out[title] = []
             elif line.startswith("|") and title:
                 cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
@@ -127,3 +127,12 @@ def test_exit_codes_table():
         assert "interrupted" in table[code]
     conventions = open(GUIDE).read().split("## ", 1)[0]
     assert f"exit code {errors.NotSupportedError.exit_code})" in conventions
+
+
+def test_the_warmers_flags_are_those_of_snapfs_warm():
+    sub = next(a for a in make_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["warm"]
+    known = {opt for action in sub._actions for opt in action.option_strings}
+    rows = _sections()["The warmer: `snapfs warm`"]
+    assert rows
+    listed = {name.split()[0] for cells in rows if cells[1] != "not yet" for name in re.findall(r"`(-[^`]*)`", cells[0])}
+    assert listed and listed <= known, sorted(listed - known)

@@ -64,8 +64,13 @@ class Builds:
                             registry=reg, cache_dir=str(self.tmp / "base-cache"), reproducible=True,
                             build_args=tuple(build_args), cache=cache)
         self.caplog.clear()
-        with self.caplog.at_level(logging.INFO, logger="snapfs"):
-            result = build(opts)
+        root = logging.getLogger("snapfs")
+        propagate, root.propagate = root.propagate, True  # a CLI test in this process may have turned it off
+        try:
+            with self.caplog.at_level(logging.INFO, logger="snapfs"):
+                result = build(opts)
+        finally:
+            root.propagate = propagate
         with open(report) as f:
             rep = json.load(f)
         return result, rep, self.caplog.text, layout

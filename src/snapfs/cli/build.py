@@ -34,6 +34,24 @@ _BOOLEAN_HELP = {
                                                  "first step (default false: checked)"}
 
 
+# The cache's own switches: given without --cache they have no effect, and the build says so.
+_CACHE_FLAGS = ("--cache-copy-layers", "--cache-run-layers", "--no-push-cache")
+
+
+class _Noted(argparse._StoreTrueAction):
+    """store_true that also notes the flag was given (a default-true flag cannot tell otherwise)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        namespace.__dict__.setdefault("given_cache_flags", set()).add(self.option_strings[0])
+
+
+class _NotedFalse(argparse._StoreFalseAction):
+    def __call__(self, parser, namespace, values, option_string=None):
+        super().__call__(parser, namespace, values, option_string)
+        namespace.__dict__.setdefault("given_cache_flags", set()).add("--" + self.option_strings[0][12:])
+
+
 def normalize_booleans(argv: list[str]) -> list[str]:
     """Rewrite Go-style ``--flag=true|false`` for boolean flags into argparse's forms."""
     out = []
@@ -105,12 +123,12 @@ def register(sub) -> None:
         dest = flag[2:].replace("-", "_")
         if flag not in ("--insecure", "--insecure-pull", "--skip-tls-verify", "--skip-tls-verify-pull",
                         "--skip-default-registry-fallback"):
-            p.add_argument(flag, dest=dest, action="store_true", default=flag in _DEFAULT_TRUE,
-                           help=_BOOLEAN_HELP.get(flag))
+            p.add_argument(flag, dest=dest, action=_Noted if flag in _CACHE_FLAGS else "store_true",
+                           default=flag in _DEFAULT_TRUE, help=_BOOLEAN_HELP.get(flag))
         # The hidden negative form must not set a default: argparse takes a dest's default from the first
         # action registered for it, which would make every registry flag below default to true.
-        p.add_argument(f"--no-snapfs-{flag[2:]}", dest=dest, action="store_false", default=argparse.SUPPRESS,
-                       help=argparse.SUPPRESS)
+        p.add_argument(f"--no-snapfs-{flag[2:]}", dest=dest, action=_NotedFalse if flag in _CACHE_FLAGS else
+                       "store_false", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     add_registry_arguments(p)
     kaniko_compat.register(p)
     p.set_defaults(func=cmd_build)
@@ -165,6 +183,11 @@ def options_from_args(args):
         "--kaniko-dir": (args.kaniko_dir not in (None, os.environ.get("KANIKO_DIR")),
                          "snapfs keeps its files in --snapfs-dir"),
     }
+    if not args.cache:
+        given = set(getattr(args, "given_cache_flags", ()))
+        given |= {f for f, v in (("--cache-ttl", args.cache_ttl), ("--cache-report", args.cache_report)) if v}
+        for flag in sorted(given):
+            no_effect[flag] = (True, "the layer cache is off (no --cache)")
     for flag, (given, why) in no_effect.items():
         if given:
             log.info("%s has no effect: %s", flag, why)

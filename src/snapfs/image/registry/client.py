@@ -262,6 +262,8 @@ class RegistryClient:
                 plain = self.options.plain_http_allowed(self._registry_key(host), pull=pull)
                 auth = Authenticator(host, self.credential(host), plain_http_ok=plain)
                 self._auth[host] = auth
+            elif auth.credential.expiring():  # a cloud token outlived by a long build: its successor
+                auth.credential = self.credential(host)
             return auth
 
     def backoff(self, attempt: int) -> float:
@@ -414,6 +416,8 @@ class RegistryClient:
         hint = ""
         if status == 401:
             hint = "credentials were rejected" if credential.username or credential.identity_token else \
+                f"authentication required, no credentials ({credential.source})" \
+                if credential.source.startswith("anonymous: ") else \
                 "authentication required, no credentials configured"
         elif status == 403:
             hint = "access denied"

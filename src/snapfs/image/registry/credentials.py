@@ -2,7 +2,10 @@
 
 ``$DOCKER_CONFIG/config.json``, then ``~/.docker/config.json``, then Kaniko's ``/kaniko/.docker/config.json``:
 ``auths`` entries (``auth`` = base64 ``user:pass``, or ``username``/``password``, or ``identitytoken``),
-``credHelpers`` per registry and a default ``credsStore``, both run as ``docker-credential-<name> get``.
+``credHelpers`` per registry and a default ``credsStore``, both run as ``docker-credential-<name> get``, except
+the cloud helpers Kaniko bundles (``ecr-login``, ``gcr``/``gcloud``, ``acr-env``), which are built in
+(:mod:`.cloud`). A registry with no entry of its own on a cloud's registry host gets that cloud's credentials
+automatically, as with Kaniko; an explicit ``auths`` entry always wins over a cloud provider.
 Secrets never reach logs or error messages: ``Credential``'s repr masks them and helper failures are reported
 by helper name and exit status only.
 """
@@ -14,16 +17,19 @@ import json
 import logging
 import os
 import subprocess
+import time
 from dataclasses import dataclass, field
 from typing import Mapping
 
 from snapfs.errors import InputError, RegistryError
 from snapfs.image.reference import DEFAULT_REGISTRY, DOCKER_HUB_AUTH_KEY, normalize_registry
+from . import cloud
 
 log = logging.getLogger(__name__)
 
 KANIKO_DOCKER_CONFIG = "/kaniko/.docker"
 _HELPER_TIMEOUT = 60
+_RENEW_MARGIN = 60.0  # look an expiring credential up again this long before it expires
 
 
 @dataclass(frozen=True)
@@ -34,12 +40,17 @@ class Credential:
     password: str = field(default="", repr=False)
     identity_token: str = field(default="", repr=False)
     source: str = ""
+    expires_at: float = 0.0  # epoch seconds; 0: does not expire (config.json entries, helpers)
 
     def __repr__(self) -> str:
         secret = "***" if (self.password or self.identity_token) else ""
         return f"Credential(username={self.username!r}, secret={secret!r}, source={self.source!r})"
 
     __str__ = __repr__
+
+    def expiring(self, now: float | None = None) -> bool:
+        """True when this credential expires within a minute (a cloud token): time to look it up again."""
+        return bool(self.expires_at) and (time.time() if now is None else now) >= self.expires_at - _RENEW_MARGIN
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -114,17 +125,56 @@ class DockerConfig:
         return cls(path=path, auths=tuple(auths), cred_helpers=helpers, creds_store=str(obj.get("credsStore") or ""))
 
     def lookup(self, registry: str) -> Credential:
-        """Credentials for ``registry`` (a reference's registry, e.g. ``docker.io`` or ``host:5000``)."""
+        """Credentials for ``registry`` (a reference's registry, e.g. ``docker.io`` or ``host:5000``).
+
+        Order: a ``credHelpers`` program, the ``auths`` entry, a built-in cloud helper named in ``credHelpers``,
+        the ``credsStore`` (a built-in one only for its cloud's hosts), then the cloud provider whose registry
+        hosts include ``registry``. A helper that has nothing for the registry lets the lookup go on to the
+        automatic provider, as Kaniko's keychains do."""
         registry = normalize_registry(registry)
         helper = dict(self.cred_helpers).get(registry)
-        if helper:
-            return run_helper(helper, registry)
+        builtin = cloud.provider_for_helper(helper) if helper else None
+        if helper and builtin is None:
+            cred = run_helper(helper, registry)
+            return cred if cred is not ANONYMOUS else _automatic(registry)
         for key, cred in self.auths:
             if key == registry:
                 return cred
-        if self.creds_store:
-            return run_helper(self.creds_store, registry)
-        return ANONYMOUS
+        if builtin is not None:
+            return cloud_credential(builtin, registry, explicit=True)
+        store = cloud.provider_for_helper(self.creds_store) if self.creds_store else None
+        if store is not None and store.matches(registry):
+            return cloud_credential(store, registry, explicit=True)
+        if self.creds_store and store is None:
+            cred = run_helper(self.creds_store, registry)
+            if cred is not ANONYMOUS:
+                return cred
+        return _automatic(registry)
+
+
+def _automatic(registry: str) -> Credential:
+    provider = cloud.provider_for_host(registry)
+    return cloud_credential(provider, registry, explicit=False) if provider is not None else ANONYMOUS
+
+
+_reported: set[str] = set()  # automatic-provider messages already logged by this process
+
+
+def cloud_credential(provider: cloud.Provider, registry: str, *, explicit: bool) -> Credential:
+    """``provider``'s credentials for ``registry``. Named in config.json (``explicit``), a failure is an error;
+    found by host name, it is reported once and the registry is tried anonymously (public images still pull)."""
+    try:
+        token = cloud.get_token(provider, registry)
+    except cloud.CloudCredentialError as exc:
+        if explicit:
+            raise
+        if exc.message not in _reported:
+            _reported.add(exc.message)
+            log.log(logging.INFO if exc.kind == "no-credentials" else logging.WARNING,
+                    "%s; trying %s anonymously", exc.message, registry)
+        return Credential(source=f"anonymous: {exc.reason}")
+    return Credential(username=token.username, password=token.password, source=f"built-in {provider.name}",
+                      expires_at=token.expires_at)
 
 
 def _parse_auth_entry(entry: dict, *, path: str, key: str) -> Credential | None:
@@ -187,7 +237,8 @@ class CredentialSource:
 
     def __call__(self, registry: str) -> Credential:
         registry = normalize_registry(registry)
-        if registry not in self._cache:
+        cached = self._cache.get(registry)
+        if cached is None or cached.expiring():
             if self._config is None:
                 self._config = DockerConfig.load()
             self._cache[registry] = self._config.lookup(registry)
