@@ -49,3 +49,22 @@ def _basetemp_for_mount_checks(tmp_path_factory):
     """rootfs_kit.mountinfo tells this run's mounts from other runs' by this run's pytest basetemp."""
     os.environ["SNAPFS_TEST_BASETEMP"] = str(tmp_path_factory.getbasetemp())
     yield
+
+
+@pytest.fixture(autouse=True)
+def _snapfs_logger_restored():
+    """A test that runs a command in this process sets up the CLI's logging (its own handler, no propagation):
+    the next test's ``caplog`` must still see snapfs's records, so the logger is put back after every test."""
+    import logging
+
+    names = ("snapfs", "snapfs.run")
+    saved = {n: (logging.getLogger(n).handlers[:], logging.getLogger(n).propagate, logging.getLogger(n).level)
+             for n in names}
+    yield
+    for n, (handlers, propagate, level) in saved.items():
+        lg = logging.getLogger(n)
+        lg.handlers[:] = handlers
+        lg.propagate, lg.level = propagate, level
+    top = logging.getLogger()  # --log-format json also takes over the root logger and Python's warnings
+    top.handlers[:] = [h for h in top.handlers if type(h).__name__ != "_StderrHandler"]
+    logging.captureWarnings(False)

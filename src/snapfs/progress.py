@@ -117,8 +117,8 @@ class Transfer:
             self._end()
 
     def reader(self, f: BinaryIO) -> BinaryIO:
-        """``f`` read through this transfer: every byte read counts."""
-        return io.BufferedReader(_CountingRaw(f, self), 1 << 16)  # type: ignore[return-value]
+        """``f`` read through this transfer: every byte read counts. Keeps ``f``'s name (errors name the file)."""
+        return _Named(_CountingRaw(f, self), getattr(f, "name", None))  # type: ignore[return-value]
 
     def _amount(self, now: float) -> str:
         elapsed = max(now - self._start, 1e-6)
@@ -130,6 +130,16 @@ class Transfer:
         if self.total and rate > 0 and self.done_bytes < self.total:
             text += f", {(self.total - self.done_bytes) / rate:.0f}s left"
         return text
+
+
+class _Named(io.BufferedReader):
+    def __init__(self, raw: io.RawIOBase, name) -> None:
+        super().__init__(raw, 1 << 16)
+        self._name = name
+
+    @property
+    def name(self):  # BufferedReader's own name asks the raw stream, which has none
+        return self._name if self._name is not None else "layer"
 
 
 class _CountingRaw(io.RawIOBase):
