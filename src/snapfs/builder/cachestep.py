@@ -7,7 +7,9 @@ variables excluded, as in Docker), the platform, the layer format, the user/work
 it, and the files it reads: COPY/ADD sources after ``.dockerignore`` and ``--exclude``, ``RUN --mount=type=bind``
 sources. Secret mounts contribute their id and target, never their content; cache mounts nothing. ADD of a URL
 is cached only with ``--checksum`` (its content is known only by downloading it), a git source only at a full
-commit id.
+commit id. Entries are pushed to a shared repository, so URLs in them are redacted (:func:`snapfs.redact.redact_url`);
+an ADD's content is pinned by its checksum or commit whatever credentials fetched it, a RUN's is not, so a RUN
+whose URLs carry credentials keeps them in its key as a hash.
 """
 from __future__ import annotations
 
@@ -17,12 +19,14 @@ import re
 import time
 from typing import Any
 
-from snapfs.cache.keys import FileTable, StepInputs, hashed_values, initial_state, slot_of, state_after
+from snapfs.cache.keys import (FileTable, StepInputs, canonical, hashed_values, initial_state, secret_hash, slot_of,
+                               state_after)
 from snapfs.cache.session import Hit, StepCache
 from snapfs.errors import SnapfsError
 from snapfs.frontend import instructions as ins
 from snapfs.frontend.plan import PROXY_ARGS
 from snapfs.frontend.values import parse_mount
+from snapfs.redact import redact_url
 from . import stage as executor
 from .copier import Source, source_table
 from .stage import StepTiming
@@ -32,13 +36,16 @@ log = logging.getLogger("snapfs.build")
 _SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: Any, *, redact: bool = True) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name != "node"}
+        return {f.name: _jsonable(getattr(value, f.name), redact=redact) for f in dataclasses.fields(value)
+                if f.name != "node"}
     if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
+        return [_jsonable(v, redact=redact) for v in value]
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): _jsonable(v, redact=redact) for k, v in value.items()}
+    if isinstance(value, str) and redact:
+        return redact_url(value)
     return value
 
 
@@ -116,12 +123,12 @@ class StageCache:
                 if add.is_git(src):
                     ref = src.partition("#")[2].split(":", 1)[0]
                     if not _SHA.match(ref):
-                        why = f"ADD {src}: a git source is cached only at a full commit id"
-                    extra[f"git {src}"] = ref
+                        why = f"ADD {redact_url(src)}: a git source is cached only at a full commit id"
+                    extra[f"git {redact_url(src)}"] = ref
                 elif add.is_url(src):
                     if not i.checksum:
-                        why = f"ADD {src}: a URL is cached only with --checksum"
-                    extra[f"url {src}"] = i.checksum or ""
+                        why = f"ADD {redact_url(src)}: a URL is cached only with --checksum"
+                    extra[f"url {redact_url(src)}"] = i.checksum or ""
                 else:
                     local.append(src)
             if why:
@@ -133,6 +140,11 @@ class StageCache:
             if i.sources:
                 files["sources"] = FileTable(source_table(source, list(i.sources), excludes=i.excludes)).to_json()
         instruction = {"keyword": keyword, **_jsonable(i)}
+        if isinstance(i, ins.Run):
+            raw = {"keyword": keyword, **_jsonable(i, redact=False)}
+            if raw != instruction:  # what it downloads may depend on whose credentials: keyed, never kept
+                extra["credentials in URLs"] = secret_hash("instruction", canonical(raw).decode("utf-8",
+                                                                                                 "surrogateescape"))
         slot = slot_of(f"{self.runner.ctx.plan.file}:{self.stage_label}", position, keyword)
         return StepInputs(slot=slot, instruction=instruction, parent="", platform=self.platform,
                           layer_format=self.layer_format, args=args, env=env, files=files, extra=extra)
