@@ -86,20 +86,24 @@ class StageCache:
             except SnapfsError:
                 continue
             self._local[position] = local
-            if isinstance(local, StepInputs):
+            if isinstance(local, StepInputs) and self.not_looked_up(i) is None:
                 found.append(local)
         self.cache.prefetch(found)
 
-    def _local_inputs(self, i, scope, *, position: int) -> StepInputs | str:
-        keyword = i.node.keyword.upper()
+    def not_looked_up(self, i) -> str | None:
+        """Why step ``i`` is not looked up ("": it goes without saying), or None when it is."""
         if isinstance(i, ins.Run):
-            if not self.run_layers:
-                return "--cache-run-layers=false"
-        elif isinstance(i, (ins.Copy, ins.Add)):
-            if not self.copy_layers:
-                return "COPY/ADD are cached with --cache-copy-layers"
-        else:
-            return ""  # metadata steps and WORKDIR: never looked up
+            return None if self.run_layers else "--cache-run-layers=false"
+        if isinstance(i, (ins.Copy, ins.Add)):
+            return None if self.copy_layers else "COPY/ADD are cached with --cache-copy-layers"
+        return ""  # metadata steps and WORKDIR are cheaper to redo than to look up
+
+    def _local_inputs(self, i, scope, *, position: int) -> StepInputs | str:
+        """Inputs of a step that can make a layer, also when it is not looked up (the state after it chains on
+        them, see :meth:`step`); "" for metadata steps, or why its result cannot be known from its inputs."""
+        keyword = i.node.keyword.upper()
+        if not isinstance(i, (ins.Run, ins.Copy, ins.Add, ins.Workdir)):
+            return ""
         files: dict[str, dict] = {}
         extra: dict[str, str] = {}
         args: dict[str, str] = {}
@@ -135,7 +139,7 @@ class StageCache:
                 return why
             if local:
                 files["sources"] = FileTable(source_table(self.runner.ctx.context, local, what="ADD")).to_json()
-        else:
+        elif isinstance(i, ins.Copy):
             source: Source = self.runner._source(i.from_)
             if i.sources:
                 files["sources"] = FileTable(source_table(source, list(i.sources), excludes=i.excludes)).to_json()
@@ -153,17 +157,23 @@ class StageCache:
 
     def step(self, i, scope, scope_after, *, index: int, position: int, total: int, describe: str) -> StepTiming:
         """Run step ``i`` through the cache: a hit applies the stored layer, a miss runs the step and stores
-        its result. Either way the state moves on by the step's result."""
+        its result. Either way the state moves on by the step's result; for a step not looked up (WORKDIR,
+        COPY without --cache-copy-layers, ...), by its inputs when they are known: its layer differs from build to
+        build by its timestamps alone (without --reproducible), which must not make every later step miss."""
         state = self.runner.state
         config_before = dict(state.config.inner)
         layers_before = len(state.layers)
         t0 = time.perf_counter()
         inputs = self.inputs(i, scope, position=position)
-        if isinstance(inputs, str):
+        skipped = inputs if isinstance(inputs, str) else self.not_looked_up(i)
+        if skipped is not None:
             timing = self.runner.step(i, scope, scope_after, index=index)
-            if inputs:
-                self.cache.note(step=index, instruction=describe, key=None, result="uncached", reason=inputs,
+            if skipped:
+                self.cache.note(step=index, instruction=describe, key=None, result="uncached", reason=skipped,
                                 lookup_seconds=0.0, seconds=time.perf_counter() - t0)
+            if isinstance(inputs, StepInputs) and len(state.layers) > layers_before:
+                self.state = state_after(self.state, diff_id=inputs.key())  # the inputs stand for the layer
+                layers_before = len(state.layers)
         else:
             outcome = self.cache.lookup(inputs)
             looked = time.perf_counter() - t0
