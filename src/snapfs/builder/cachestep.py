@@ -7,7 +7,9 @@ variables excluded, as in Docker), the platform, the layer format, the user/work
 it, and the files it reads: COPY/ADD sources after ``.dockerignore`` and ``--exclude``, ``RUN --mount=type=bind``
 sources. Secret mounts contribute their id and target, never their content; cache mounts nothing. ADD of a URL
 is cached only with ``--checksum`` (its content is known only by downloading it), a git source only at a full
-commit id.
+commit id. Entries are pushed to a shared repository, so URLs in them are redacted (:func:`snapfs.redact.redact_url`);
+an ADD's content is pinned by its checksum or commit whatever credentials fetched it, a RUN's is not, so a RUN
+whose URLs carry credentials keeps them in its key as a hash.
 """
 from __future__ import annotations
 
@@ -17,12 +19,14 @@ import re
 import time
 from typing import Any
 
-from snapfs.cache.keys import FileTable, StepInputs, hashed_values, initial_state, slot_of, state_after
+from snapfs.cache.keys import (FileTable, StepInputs, canonical, hashed_values, initial_state, secret_hash, slot_of,
+                               state_after)
 from snapfs.cache.session import Hit, StepCache
 from snapfs.errors import SnapfsError
 from snapfs.frontend import instructions as ins
 from snapfs.frontend.plan import PROXY_ARGS
 from snapfs.frontend.values import parse_mount
+from snapfs.redact import redact_url
 from . import stage as executor
 from .copier import Source, source_table
 from .stage import StepTiming
@@ -32,13 +36,16 @@ log = logging.getLogger("snapfs.build")
 _SHA = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: Any, *, redact: bool = True) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value) if f.name != "node"}
+        return {f.name: _jsonable(getattr(value, f.name), redact=redact) for f in dataclasses.fields(value)
+                if f.name != "node"}
     if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
+        return [_jsonable(v, redact=redact) for v in value]
     if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+        return {str(k): _jsonable(v, redact=redact) for k, v in value.items()}
+    if isinstance(value, str) and redact:
+        return redact_url(value)
     return value
 
 
@@ -80,20 +87,24 @@ class StageCache:
             except SnapfsError:
                 continue
             self._local[position] = local
-            if isinstance(local, StepInputs):
+            if isinstance(local, StepInputs) and self.not_looked_up(i) is None:
                 found.append(local)
         self.cache.prefetch(found)
 
-    def _local_inputs(self, i, scope, *, position: int) -> StepInputs | str:
-        keyword = i.node.keyword.upper()
+    def not_looked_up(self, i) -> str | None:
+        """Why step ``i`` is not looked up ("": it goes without saying), or None when it is."""
         if isinstance(i, ins.Run):
-            if not self.run_layers:
-                return "--cache-run-layers=false"
-        elif isinstance(i, (ins.Copy, ins.Add)):
-            if not self.copy_layers:
-                return "COPY/ADD are cached with --cache-copy-layers"
-        else:
-            return ""  # metadata steps and WORKDIR: never looked up
+            return None if self.run_layers else "--cache-run-layers=false"
+        if isinstance(i, (ins.Copy, ins.Add)):
+            return None if self.copy_layers else "COPY/ADD are cached with --cache-copy-layers"
+        return ""  # metadata steps and WORKDIR are cheaper to redo than to look up
+
+    def _local_inputs(self, i, scope, *, position: int) -> StepInputs | str:
+        """Inputs of a step that can make a layer, also when it is not looked up (the state after it chains on
+        them, see :meth:`step`); "" for metadata steps, or why its result cannot be known from its inputs."""
+        keyword = i.node.keyword.upper()
+        if not isinstance(i, (ins.Run, ins.Copy, ins.Add, ins.Workdir)):
+            return ""
         files: dict[str, dict] = {}
         extra: dict[str, str] = {}
         args: dict[str, str] = {}
@@ -117,23 +128,28 @@ class StageCache:
                 if add.is_git(src):
                     ref = src.partition("#")[2].split(":", 1)[0]
                     if not _SHA.match(ref):
-                        why = f"ADD {src}: a git source is cached only at a full commit id"
-                    extra[f"git {src}"] = ref
+                        why = f"ADD {redact_url(src)}: a git source is cached only at a full commit id"
+                    extra[f"git {redact_url(src)}"] = ref
                 elif add.is_url(src):
                     if not i.checksum:
-                        why = f"ADD {src}: a URL is cached only with --checksum"
-                    extra[f"url {src}"] = i.checksum or ""
+                        why = f"ADD {redact_url(src)}: a URL is cached only with --checksum"
+                    extra[f"url {redact_url(src)}"] = i.checksum or ""
                 else:
                     local.append(src)
             if why:
                 return why
             if local:
                 files["sources"] = FileTable(source_table(self.runner.ctx.context, local, what="ADD")).to_json()
-        else:
+        elif isinstance(i, ins.Copy):
             source: Source = self.runner._source(i.from_)
             if i.sources:
                 files["sources"] = FileTable(source_table(source, list(i.sources), excludes=i.excludes)).to_json()
         instruction = {"keyword": keyword, **_jsonable(i)}
+        if isinstance(i, ins.Run):
+            raw = {"keyword": keyword, **_jsonable(i, redact=False)}
+            if raw != instruction:  # what it downloads may depend on whose credentials: keyed, never kept
+                extra["credentials in URLs"] = secret_hash("instruction", canonical(raw).decode("utf-8",
+                                                                                                 "surrogateescape"))
         slot = slot_of(f"{self.runner.ctx.plan.file}:{self.stage_label}", position, keyword)
         return StepInputs(slot=slot, instruction=instruction, parent="", platform=self.platform,
                           layer_format=self.layer_format, args=args, env=env, files=files, extra=extra)
@@ -142,17 +158,23 @@ class StageCache:
 
     def step(self, i, scope, scope_after, *, index: int, position: int, total: int, describe: str) -> StepTiming:
         """Run step ``i`` through the cache: a hit applies the stored layer, a miss runs the step and stores
-        its result. Either way the state moves on by the step's result."""
+        its result. Either way the state moves on by the step's result; for a step not looked up (WORKDIR,
+        COPY without --cache-copy-layers, ...), by its inputs when they are known: its layer differs from build to
+        build by its timestamps alone (without --reproducible), which must not make every later step miss."""
         state = self.runner.state
         config_before = dict(state.config.inner)
         layers_before = len(state.layers)
         t0 = time.perf_counter()
         inputs = self.inputs(i, scope, position=position)
-        if isinstance(inputs, str):
+        skipped = inputs if isinstance(inputs, str) else self.not_looked_up(i)
+        if skipped is not None:
             timing = self.runner.step(i, scope, scope_after, index=index)
-            if inputs:
-                self.cache.note(step=index, instruction=describe, key=None, result="uncached", reason=inputs,
+            if skipped:
+                self.cache.note(step=index, instruction=describe, key=None, result="uncached", reason=skipped,
                                 lookup_seconds=0.0, seconds=time.perf_counter() - t0)
+            if isinstance(inputs, StepInputs) and len(state.layers) > layers_before:
+                self.state = state_after(self.state, diff_id=inputs.key())  # the inputs stand for the layer
+                layers_before = len(state.layers)
         else:
             outcome = self.cache.lookup(inputs)
             looked = time.perf_counter() - t0
