@@ -44,4 +44,4 @@ def test_steps_after_an_uncached_copy_hit_when_only_mtimes_changed(registry, tmp
     (src / "a.txt").write_text("b\n")  # the content changed: the RUN steps after the COPY run again
     changed = _build(registry, tmp_path, 3)
     assert [r for r, _ in changed.values()] == ["miss", "miss"], changed
-    assert changed["RUN cat src/a.txt > copy"][1].startswith("the filesystem or config before this step changed")
+    assert changed["RUN cat src/a.txt > copy"][1] == "the base image, or an earlier step that is not cached, changed"
