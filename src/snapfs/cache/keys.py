@@ -1,8 +1,9 @@
 """Layer-cache keys: what a step's result depends on, hashed; and, on a miss, which of it changed.
 
-A step's inputs are a small JSON document (:class:`StepInputs`). Values that could be secret (build args,
-environment values) are stored only as salted hashes, so an entry can say *that* ``VERSION`` changed without
-holding its value; file contents are SHA-256 digests. Three names come from the inputs:
+A step's inputs are a small JSON document (:class:`StepInputs`). In it, build-arg and environment values are
+only hashes, so an entry can say *that* ``VERSION`` changed without listing values (a hash of a short value can
+be guessed: build args are not secrets, ``--mount=type=secret`` is; and the entry's history, like the image's,
+shows a RUN's build args as Docker records them); file contents are SHA-256 digests. Three names come from the inputs:
 
 - the **key** (:meth:`StepInputs.key`): everything, including ``parent``, the state of the stage before the
   step. The state chains on the previous step's *result* (its layer's diff_id, or the config a metadata step
