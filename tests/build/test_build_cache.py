@@ -53,13 +53,13 @@ class Builds:
                 p.parent.mkdir(parents=True, exist_ok=True)
                 p.write_text(data)
 
-    def build(self, *, build_args=(), copy_layers=True, **cache_kw):
+    def build(self, *, build_args=(), copy_layers=True, enabled=True, **cache_kw):
         self.n += 1
         layout = str(self.tmp / f"out-{self.n}")
         report = str(self.tmp / f"report-{self.n}.json")
         reg = RegistryOptions(registry_maps=(("docker.io", self.registry.host),), insecure_registries=self.hosts,
                               skip_default_registry_fallback=True)
-        cache = CacheOptions(enabled=True, repo=self.repo, copy_layers=copy_layers, report_file=report, **cache_kw)
+        cache = CacheOptions(enabled=enabled, repo=self.repo, copy_layers=copy_layers, report_file=report, **cache_kw)
         opts = BuildOptions(context=str(self.ctx), outputs=OutputOptions(no_push=True, oci_layout_path=layout),
                             registry=reg, cache_dir=str(self.tmp / "base-cache"), reproducible=True,
                             build_args=tuple(build_args), cache=cache)
@@ -71,8 +71,10 @@ class Builds:
                 result = build(opts)
         finally:
             root.propagate = propagate
-        with open(report) as f:
-            rep = json.load(f)
+        rep = {"steps": []}
+        if enabled:
+            with open(report) as f:
+                rep = json.load(f)
         return result, rep, self.caplog.text, layout
 
     @staticmethod
@@ -432,3 +434,19 @@ def test_a_bind_mounted_file_is_part_of_the_run_key(oci_builds):
     _, rep, _, out = oci_builds.build(copy_layers=False)
     assert oci_builds.outcomes(rep)[2] == ("miss", "src/a.py changed (content) (mount:/s)")
     assert _files(out)["out"] == b"two\n"
+
+
+def test_after_hits_a_step_that_runs_makes_the_layer_an_uncached_build_makes(oci_builds):
+    """The snapshot a hit leaves (read again from the paths its layer names: files, whiteouts, opaque
+    directories) is the one the step would have left: the next step's layer, and so the image, are the same."""
+    oci_builds.write({}, "FROM busybox\n"
+                         "RUN mkdir -p /d/sub /o && echo 1 > /d/sub/f && echo x > /gone && echo k > /o/k && ln -s /d /l\n"
+                         "RUN rm -rf /d/sub /gone /o && mkdir /o && echo n > /o/n && echo f > /d/sub2 && chmod 700 /d\n"
+                         "ARG V=1\n"
+                         "RUN echo $V > /v && ls -R /d /o > /listing && touch /d && rm /l\n")
+    oci_builds.build(build_args=(("V", "1"),))
+    _, rep, _, out = oci_builds.build(build_args=(("V", "2"),))
+    got = oci_builds.outcomes(rep)
+    assert got[2] == got[3] == ("hit", "") and got[5][0] == "miss"
+    plain, _, _, plain_out = oci_builds.build(build_args=(("V", "2"),), enabled=False)
+    assert read_layout(out).digest == read_layout(plain_out).digest

@@ -140,28 +140,37 @@ def _snapshot_layer(state: StageState, opts: StageOptions, *, index: int, create
 
 def apply_cached(state: StageState, opts: StageOptions, layers, *, index: int, created_by: str) -> StepTiming:
     """A cache hit: apply the stored layer (verified by the cache) to the stage root, as if the step had run,
-    and read the changed paths again so that the next step's diff starts from the same snapshot. A step whose
-    result was "no change" has no layer and leaves an empty-layer history entry, as it did when it ran."""
+    and read again the paths the layer names (whiteouts name what they delete, opaque markers the directories
+    to read in full), so that the next step's diff starts from the snapshot the step itself would have left. A
+    step whose result was "no change" has no layer and leaves an empty-layer history entry, as it did when run."""
     from snapfs.engine.apply import apply_layer
 
     t0 = time.perf_counter()
     if not layers:
         state.config.history.append(imageconfig.history_entry(created_by, created=opts.created, empty_layer=True))
         return StepTiming(index, created_by)
+    paths: list[str] = []
+    subtrees: list[str] = []
+
+    def note(path: str, _ti) -> None:
+        parent, _, base = path.rpartition("/")
+        if base == ".wh..wh..opq":
+            subtrees.append(parent)
+        elif base.startswith(".wh."):
+            paths.append(f"{parent}/{base[4:]}" if parent else base[4:])
+        elif path:
+            paths.append(path)
+
     with RootFS(state.root) as root:
         for layer in layers:
             with open(layer.path, "rb") as f:
-                stats = apply_layer(f, root, keep=opts.ignore_paths)
+                stats = apply_layer(f, root, keep=opts.ignore_paths, on_entry=note)
             if stats.diff_id != layer.diff_id:
                 raise BuildError(f"cached layer {layer.digest}: uncompressed content does not match its diff_id")
     if state.upper:
-        paths, subtrees = upper_changes(state.upper)
-        touched = sorted(set(paths) | state.upper_seen)
-        state.upper_seen.update(touched)
-        state.snapshot = patch(state.snapshot, paths=touched, subtrees=subtrees, ignore=opts.ignore_paths,
-                               quiescent=True)
-    else:
-        state.snapshot = take(state.root, ignore=opts.ignore_paths, quiescent=True)
+        state.upper_seen.update(paths)
+    state.snapshot = patch(state.snapshot, paths=paths, subtrees=subtrees, ignore=opts.ignore_paths,
+                           quiescent=True)
     media = layer_media_type(opts.compression, oci=not opts.docker_media_types)
     for layer in layers:
         state.layers.append(Layer(layer.path, layer.digest, layer.diff_id, layer.size, media))
