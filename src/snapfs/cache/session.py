@@ -75,12 +75,23 @@ class StepCache:
     _prefetched: dict = field(default_factory=dict)  # local key -> Future[Image | None]
     _pushes: list = field(default_factory=list)
     _off: str = ""  # why the cache stopped being used, once it did
+    _prepared: bool = False
     rows: list = field(default_factory=list)
 
     # -- lookups -------------------------------------------------------------------------------------------
 
     def prefetch(self, inputs: list[StepInputs]) -> None:
         """Look up every step's local key at once (one round trip for a stage, not one per step)."""
+        prepare = getattr(self.store, "prepare", None)
+        if prepare is not None and inputs and not self._off and not self._prepared:
+            self._prepared = True
+            try:
+                prepare()
+            except CacheError as exc:
+                if exc.unreachable:
+                    self._turn_off(exc.message)
+                else:
+                    log.warning("cache: %s", exc.message)
         for i in inputs:
             local = i.local_key()
             if local not in self._prefetched and not self._off:

@@ -114,13 +114,20 @@ class RegistryCache:
         from snapfs.image.registry.pull import Puller
 
         try:
-            entry = Puller(self.client, self._ref(tag), _NullStore()).resolve(self.platform)
+            entry = Puller(self.client, self._ref(tag), _NullStore()).resolve(self.platform, probe=False)
             self._tags[entry.digest] = tag
             return entry
         except RegistryHTTPError as exc:
             if exc.status == 404:
                 return None
             raise _from_registry(self.name, exc) from None
+        except SnapfsError as exc:
+            raise _from_registry(self.name, exc) from None
+
+    def prepare(self) -> None:
+        """Find the registry's scheme and auth once, before the concurrent lookups (each would ping it)."""
+        try:
+            self.client.base_url(self.repo.api_host, pull=True)
         except SnapfsError as exc:
             raise _from_registry(self.name, exc) from None
 

@@ -94,6 +94,7 @@ class Puller:
         self.client, self.ref, self.store = client, ref, store
         self.host = ref.api_host
         self.scopes = (pull_scope(ref.repository),)
+        self.probe = True  # HEAD a tag first: its digest may already be in the store
         self.downloaded = False  # any manifest or blob fetched (a HEAD that finds the cache does not count)
 
     def _get(self, path: str, *, method: str = "GET", headers: dict | None = None, ok=(200,), what: str = ""):
@@ -108,7 +109,7 @@ class Puller:
             data = self.store.read_bytes(expect, limit=MAX_MANIFEST_BYTES, what="cached manifest")
             return data, sniff_media_type(data)
         accept = {"Accept": ", ".join(MANIFEST_ACCEPT)}
-        if expect is None:
+        if expect is None and self.probe:
             try:
                 head = self._get(f"/manifests/{identifier}", method="HEAD", headers=accept, ok=(200, 404))
             except RegistryHTTPError as exc:
@@ -160,9 +161,10 @@ class Puller:
         self.download_layers(image)
         return image
 
-    def resolve(self, want: Platform) -> Image:
+    def resolve(self, want: Platform, *, probe: bool = True) -> Image:
         """The image (manifest and config fetched and verified) without its layers: they are files-to-be in the
-        store until :meth:`download_layers`."""
+        store until :meth:`download_layers`. ``probe=False``: no HEAD first (a store that keeps nothing)."""
+        self.probe = probe
         data, media_type = self._manifest(self.ref.identifier, expect=self.ref.digest)
         if media_type in INDEX_TYPES:
             index = Index.from_bytes(data, media_type=media_type)
