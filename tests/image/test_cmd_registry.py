@@ -77,3 +77,20 @@ def test_cli_unreachable_and_bad_credentials_no_traceback(tls_registry, tmp_path
                                          f"{tls_registry.host}/v2/library/busybox/manifests/1: HTTP 401: "
                                          "credentials were rejected")
     assert secret not in p.stderr and auth not in p.stderr and "Traceback" not in p.stderr
+
+
+def test_pull_cache_dir_is_the_builds_base_cache(plain_registry, tmp_path):
+    """`snapfs pull --cache-dir D` fills the store `snapfs build --cache-dir D` reads bases from (D/blobs)."""
+    import subprocess
+    import sys
+
+    from snapfs.image.blobstore import BlobStore
+    from snapfs.image.layout import read_layout
+
+    cache = tmp_path / "cache"
+    r = subprocess.run([sys.executable, "-m", "snapfs", "pull", f"{plain_registry.host}/library/busybox:1",
+                        "--oci-layout", str(tmp_path / "out"), "--cache-dir", str(cache),
+                        f"--insecure-registry={plain_registry.host}"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    image = read_layout(str(tmp_path / "out"))
+    assert all(BlobStore(str(cache / "blobs")).has(layer.digest) for layer in image.layers)

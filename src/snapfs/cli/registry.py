@@ -146,7 +146,9 @@ def _cmd_pull(args: argparse.Namespace) -> int:
     platform = Platform.parse(args.platform) if args.platform else None
     # With no cache the layout itself is the blob store: blobs land once, directly where they belong.
     # A cache is private like the builder's (0700); a layout written in place is the user's and keeps the umask.
-    store = BlobStore(args.cache_dir, private=True) if args.cache_dir else BlobStore(args.oci_layout)
+    # The same store `snapfs build --cache-dir DIR` reads its bases from (DIR/blobs).
+    store = BlobStore(os.path.join(args.cache_dir, "blobs"), private=True) if args.cache_dir else \
+        BlobStore(args.oci_layout)
     with RegistryClient(registry_options(args, direction="pull")) as client:
         image = pull_image(client, ref, store, platform=platform)
     write_layout(args.oci_layout, image, ref_name=ref.tag or None)
@@ -183,7 +185,7 @@ def register(subparsers) -> None:
     p.add_argument("ref", metavar="REF")
     p.add_argument("--oci-layout", required=True, metavar="DIR", help="OCI image layout to write")
     p.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="platform to pick from an index (default: host)")
-    p.add_argument("--cache-dir", metavar="DIR", help="content-addressed blob cache to pull through")
+    p.add_argument("--cache-dir", metavar="DIR", help="pull through the blob store of `snapfs build --cache-dir DIR`")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logs (-vv: debug, -vvv: HTTP)")
     add_registry_arguments(p, direction="pull")
     p.set_defaults(func=_cmd_pull)
