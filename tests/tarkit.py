@@ -73,3 +73,20 @@ def disk_usage(top: Path) -> tuple[int, int]:
             apparent += st.st_size
             allocated += st.st_blocks * 512
     return apparent, allocated
+
+
+def every_byte(root) -> bytes:
+    """Every file below ``root`` (a layout, a cache), compressed blobs also decompressed: what a secret must
+    not be found in."""
+    from snapfs.engine.compress import open_decompressed
+
+    data = []
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                raw = f.read()
+                f.seek(0)
+                data.append(raw)
+                if raw[:2] == b"\x1f\x8b" or raw[:4] == b"\x28\xb5\x2f\xfd":
+                    data.append(open_decompressed(f).read())
+    return b"\n".join(data)

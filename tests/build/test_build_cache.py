@@ -252,24 +252,34 @@ def test_a_cache_registry_that_is_down_turns_the_cache_off_and_the_build_goes_on
     assert time.monotonic() - t < 60
 
 
-def test_a_cache_registry_answering_5xx_is_turned_off_and_failed_stores_only_warn(tmp_path, registry, caplog):
+@pytest.fixture
+def proxied(tmp_path, registry, caplog):
+    """The fault proxy in front of the registry, and builds whose cache repository (its own) is behind it."""
+    import uuid
+
     proxy = FaultProxy(registry.port).start()
     try:
         host = f"127.0.0.1:{proxy.port}"
-        b = Builds(tmp_path, registry, caplog, f"{host}/cache/app", hosts=(host,))
+        repo = f"cache/{uuid.uuid4().hex}"
+        b = Builds(tmp_path, registry, caplog, f"{host}/{repo}", hosts=(host,))
         b.write({"src/a.py": "a\n"})
-        proxy.add(Fault("PUT", r"/v2/cache/app/manifests/", "status", times=100, status=500))
-        first, rep, log, _ = b.build()  # every store fails: warnings, a good image
-        assert "storing snapfs-k-" in log and "the build goes on" in log
-        proxy.reset()
-        proxy.add(Fault("GET", r"/v2/cache/app/manifests/", "status", times=100, status=503),
-                  Fault("HEAD", r"/v2/cache/app/manifests/", "status", times=100, status=503))
-        second, rep, log, _ = b.build()
-        assert second.digest.startswith("sha256:")
-        assert log.count("building without the cache") == 1
-        assert rep["enabled"] is False
+        yield proxy, b, repo
     finally:
         proxy.stop()
+
+
+def test_a_cache_registry_answering_5xx_is_turned_off_and_failed_stores_only_warn(proxied):
+    proxy, b, repo = proxied
+    proxy.add(Fault("PUT", rf"/v2/{repo}/manifests/", "status", times=100, status=500))
+    first, rep, log, _ = b.build()  # every store fails: warnings, a good image
+    assert "storing snapfs-k-" in log and "the build goes on" in log
+    proxy.reset()
+    proxy.add(Fault("GET", rf"/v2/{repo}/manifests/", "status", times=100, status=503),
+              Fault("HEAD", rf"/v2/{repo}/manifests/", "status", times=100, status=503))
+    second, rep, log, _ = b.build()
+    assert second.digest.startswith("sha256:")
+    assert log.count("building without the cache") == 1
+    assert rep["enabled"] is False
 
 
 def test_two_builds_storing_the_same_keys_at_once(tmp_path, registry):
@@ -376,23 +386,17 @@ def test_the_default_cache_repository_is_the_destinations_repository_slash_cache
     assert len([t for t in tags if t.startswith("snapfs-k-")]) == 3  # the three RUNs
 
 
-def test_a_cached_rebuild_looks_every_step_up_in_one_round(tmp_path, registry, caplog):
+def test_a_cached_rebuild_looks_every_step_up_in_one_round(proxied):
     """All lookups of a stage are sent when it starts (by local key); a hit needs no further lookup."""
-    proxy = FaultProxy(registry.port).start()
-    try:
-        host = f"127.0.0.1:{proxy.port}"
-        b = Builds(tmp_path, registry, caplog, f"{host}/cache/rounds", hosts=(host,))
-        b.write({"src/a.py": "a\n"})
-        b.build()
-        proxy.reset()
-        _, rep, _, _ = b.build()
-        assert rep["hits"] == 4
-        lookups = proxy.count("GET", r"/manifests/snapfs-l-") + proxy.count("HEAD", r"/manifests/snapfs-l-")
-        assert lookups >= 4
-        assert proxy.count("GET", r"/manifests/snapfs-[ks]-") == proxy.count("HEAD", r"/manifests/snapfs-[ks]-") == 0
-        assert proxy.count("PUT", r"/manifests/") == 0  # hits store nothing
-    finally:
-        proxy.stop()
+    proxy, b, _ = proxied
+    b.build()
+    proxy.reset()
+    _, rep, _, _ = b.build()
+    assert rep["hits"] == 4
+    lookups = proxy.count("GET", r"/manifests/snapfs-l-") + proxy.count("HEAD", r"/manifests/snapfs-l-")
+    assert lookups >= 4
+    assert proxy.count("GET", r"/manifests/snapfs-[ks]-") == proxy.count("HEAD", r"/manifests/snapfs-[ks]-") == 0
+    assert proxy.count("PUT", r"/manifests/") == 0  # hits store nothing
 
 
 def test_add_of_a_url_is_cached_with_its_checksum_only(oci_builds, tmp_path):

@@ -14,8 +14,8 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "context"))
 from context_servers import BasicAuthFileHandler, HTTPServerThread  # noqa: E402
+from tarkit import every_byte  # noqa: E402
 
-from snapfs.engine.compress import open_decompressed  # noqa: E402
 
 PASSWORD = "pa55-Cache-never-seen"
 OTHER = "other-Cache-pa55"
@@ -52,19 +52,6 @@ def _build(registry, tmp_path, dockerfile: str, n: int) -> dict:
     return {row["instruction"].split()[0]: row for row in json.loads(report.read_text())["steps"]}
 
 
-def _every_byte(root) -> bytes:
-    data = []
-    for dirpath, _, names in os.walk(root):
-        for name in names:
-            with open(os.path.join(dirpath, name), "rb") as f:
-                raw = f.read()
-                f.seek(0)
-                data.append(raw)
-                if raw[:2] == b"\x1f\x8b" or raw[:4] == b"\x28\xb5\x2f\xfd":
-                    data.append(open_decompressed(f).read())
-    return b"\n".join(data)
-
-
 def test_cache_entries_keep_no_url_credentials(registry, tmp_path, files):
     url = f"http://ci:{PASSWORD}@127.0.0.1:{files}/f.txt"
     checksum = "sha256:" + hashlib.sha256(DATA).hexdigest()
@@ -72,7 +59,7 @@ def test_cache_entries_keep_no_url_credentials(registry, tmp_path, files):
                   f"RUN echo mirror {url} > /dev/null; cat /dst/f.txt > /copy\n")
     first = _build(registry, tmp_path, dockerfile, 1)
     assert first["ADD"]["result"] == first["RUN"]["result"] == "miss"
-    cached = _every_byte(tmp_path / "layer-cache")
+    cached = every_byte(tmp_path / "layer-cache")
     assert DATA in cached  # the ADD's layer is in the cache
     assert PASSWORD.encode() not in cached
     assert b"http://***@127.0.0.1" in cached  # the URLs are there, redacted
@@ -85,5 +72,5 @@ def test_cache_entries_keep_no_url_credentials(registry, tmp_path, files):
     assert changed["ADD"]["result"] == "hit", changed
     assert changed["RUN"]["result"] == "miss", changed
     assert changed["RUN"]["reason"] == "credentials in URLs changed", changed
-    cached = _every_byte(tmp_path / "layer-cache")
+    cached = every_byte(tmp_path / "layer-cache")
     assert PASSWORD.encode() not in cached and OTHER.encode() not in cached

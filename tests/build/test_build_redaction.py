@@ -12,8 +12,8 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "context"))
 from context_servers import BasicAuthFileHandler, HTTPServerThread  # noqa: E402
+from tarkit import every_byte  # noqa: E402
 
-from snapfs.engine.compress import open_decompressed  # noqa: E402
 
 PASSWORD = "pa55-Word-never-seen"
 SIGNATURE = "f00dSIGNATUREbabe"
@@ -46,20 +46,6 @@ def build(registry, tmp_path, dockerfile: str):
     return r, out
 
 
-def layout_bytes(out) -> bytes:
-    """Every file of the layout, blobs decompressed when they are compressed layers."""
-    data = []
-    for dirpath, _, names in os.walk(out):
-        for name in names:
-            with open(os.path.join(dirpath, name), "rb") as f:
-                raw = f.read()
-                f.seek(0)
-                data.append(raw)
-                if raw[:2] == b"\x1f\x8b" or raw[:4] == b"\x28\xb5\x2f\xfd":
-                    data.append(open_decompressed(f).read())
-    return b"\n".join(data)
-
-
 def image_config(out) -> dict:
     index = json.loads((out / "index.json").read_text())
     manifest = json.loads((out / "blobs/sha256" / index["manifests"][0]["digest"][7:]).read_text())
@@ -73,7 +59,7 @@ def test_add_url_credentials_and_signatures_reach_no_output(registry, tmp_path, 
                    f"ADD http://ci:{PASSWORD}@127.0.0.1:{port}/f.txt?X-Amz-Signature={SIGNATURE}&v=1 /signed/\n"
                    "RUN cat /dst/f.txt /signed/f.txt > /both\n")
     assert r.returncode == 0, r.stderr
-    blob = layout_bytes(out)
+    blob = every_byte(out)
     assert b"downloaded with credentials" in blob  # the credentials did their job: the file is in a layer
     for secret in (PASSWORD, SIGNATURE):
         assert secret.encode() not in blob

@@ -462,6 +462,20 @@ def test_direct_kills_what_the_step_left_running(root):
         assert not alive(pid), name
 
 
+# Appended to a script run in a child Python: ``children``, (pid, state) of every process whose parent it is.
+CHILDREN = """
+me = str(os.getpid())
+children = []
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        continue
+    if fields[1] == me:
+        children.append((pid, fields[0]))
+"""
+
+
 @NEEDS_BUSYBOX
 def test_direct_reaps_orphans_when_the_builder_is_their_parent(root):
     """In a pod snapfs is PID 1 and inherits a step's orphans: killed ones must not stay zombies. A child
@@ -473,17 +487,7 @@ def test_direct_reaps_orphans_when_the_builder_is_their_parent(root):
         from snapfs.run.direct import run_direct
         from snapfs.run.sandbox import RunSpec
         r = run_direct(RunSpec(root={root!r}, argv=("/bin/sh", "-c", "(sleep 300 &) ; (sleep 301 &); exit 7")))
-        me = str(os.getpid())
-        left = []
-        for pid in filter(str.isdigit, os.listdir("/proc")):
-            try:
-                fields = open(f"/proc/{{pid}}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[1] == me:
-                left.append((pid, fields[0]))
-        print(r.exit_code, left)
-    """)
+    """) + CHILDREN + "print(r.exit_code, children)\n"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "7 []\n"
@@ -638,16 +642,6 @@ try:
     print("finished")
 except lifecycle.Interrupted as exc:
     print("interrupted", exc.signo)
-me = str(os.getpid())
-children = []
-for pid in filter(str.isdigit, os.listdir("/proc")):
-    try:
-        fields = open(f"/proc/{{pid}}/stat").read().rsplit(")", 1)[1].split()
-    except OSError:
-        continue
-    if fields[1] == me:
-        children.append((pid, fields[0]))
-print(children)
 """
 
 
@@ -665,7 +659,8 @@ def test_a_signal_while_the_step_starts_still_ends_it(root, where):
         install = ("import types; "
                    "sandbox.subprocess = types.SimpleNamespace(**{**vars(sandbox.subprocess), 'Popen': late})")
         run = "sandbox.run"
-    script = SIGNAL_AT_START.format(src=SRC, root=root, patch=patch, install=install, run=run)
+    script = SIGNAL_AT_START.format(src=SRC, root=root, patch=patch, install=install, run=run) + CHILDREN \
+        + "print(children)\n"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout == f"interrupted {int(signal.SIGTERM)}\n[]\n", done.stdout + done.stderr

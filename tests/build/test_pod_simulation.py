@@ -103,6 +103,18 @@ exec setpriv --bounding-set={caps} --inh-caps=-all --no-new-privs -- chroot "$P"
                           env=env, cwd="/", timeout=900)
 
 
+def _host_build(reg: RegistryProcess, tmp_path, *extra: str) -> subprocess.CompletedProcess:
+    """The same Dockerfile in root-directory mode (scratch roots, sandboxed RUN), on this machine."""
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(DOCKERFILE)
+    return subprocess.run([sys.executable, "-m", "snapfs", "build", f"--context={ctx}", "--no-push",
+                           f"--oci-layout-path={tmp_path / 'host-oci'}", f"--insecure-registry={reg.host}",
+                           f"--registry-map=docker.io={reg.host}", "--skip-default-registry-fallback",
+                           "--reproducible", f"--cache-dir={tmp_path / 'cache'}", "--in-container=false", *extra],
+                          capture_output=True, text=True)
+
+
 def test_build_in_an_unprivileged_pod_matches_root_directory_mode(world, tmp_path):
     work, reg, executor = world
     dest = f"{reg.host}/pod/app:1"
@@ -128,14 +140,7 @@ def test_build_in_an_unprivileged_pod_matches_root_directory_mode(world, tmp_pat
         assert not os.path.exists(os.path.join(root, leftover)), leftover
     assert json.loads(image.config_bytes)["config"]["User"] == "worker"
     # The same Dockerfile in root-directory mode (scratch roots, sandboxed RUN) gives the same digest.
-    ctx = tmp_path / "ctx"
-    ctx.mkdir()
-    (ctx / "Dockerfile").write_text(DOCKERFILE)
-    host = subprocess.run([sys.executable, "-m", "snapfs", "build", f"--context={ctx}", "--no-push",
-                           f"--oci-layout-path={tmp_path / 'host-oci'}", f"--insecure-registry={reg.host}",
-                           f"--registry-map=docker.io={reg.host}", "--skip-default-registry-fallback",
-                           "--reproducible", f"--cache-dir={tmp_path / 'cache'}", "--in-container=false"],
-                          capture_output=True, text=True)
+    host = _host_build(reg, tmp_path)
     assert host.returncode == 0, host.stderr[-3000:]
     assert host.stdout.strip() == pod_digest
 
@@ -145,15 +150,7 @@ def test_cached_layers_apply_in_the_pod(world, tmp_path):
     COPY hits, and the image is the one the uncached pod build makes."""
     work, reg, executor = world
     cache = f"{reg.host}/pod/cache"
-    ctx = tmp_path / "ctx"
-    ctx.mkdir()
-    (ctx / "Dockerfile").write_text(DOCKERFILE)
-    host = subprocess.run([sys.executable, "-m", "snapfs", "build", f"--context={ctx}", "--no-push",
-                           f"--oci-layout-path={tmp_path / 'host-oci'}", f"--insecure-registry={reg.host}",
-                           f"--registry-map=docker.io={reg.host}", "--skip-default-registry-fallback",
-                           "--reproducible", f"--cache-dir={tmp_path / 'cache'}", "--in-container=false",
-                           "--cache", f"--cache-repo={cache}", "--cache-copy-layers"],
-                          capture_output=True, text=True)
+    host = _host_build(reg, tmp_path, "--cache", f"--cache-repo={cache}", "--cache-copy-layers")
     assert host.returncode == 0, host.stderr[-3000:]
     r = _run_pod(work, executor, reg, f"{reg.host}/pod/cached:1", "--cache", f"--cache-repo={cache}",
                  "--cache-copy-layers")

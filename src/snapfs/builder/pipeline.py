@@ -30,6 +30,7 @@ from snapfs.image.transports import OutputOptions, check_destinations, is_local_
 from snapfs.image.warmrefs import WarmRefs
 from snapfs.mediatypes import DOCKER_MANIFEST, OCI_MANIFEST
 from snapfs.platforms import Platform
+from snapfs.progress import size_text
 from snapfs.redact import redact_url
 from . import stage as executor, imageconfig, incontainer, stageroot
 from .copier import Source
@@ -418,8 +419,8 @@ class _Builder:
         if sroot.unpacked is not None:  # a cold base: the time it took is part of the build's, so say it
             self.unpack_seconds += sroot.unpacked.seconds
             n = sroot.unpacked.layers
-            log.info("  base unpacked in %.2fs (%s, %d layer%s)", sroot.unpacked.seconds, _size(sroot.unpacked.size),
-                     n, "" if n == 1 else "s")
+            log.info("  base unpacked in %.2fs (%s, %d layer%s)", sroot.unpacked.seconds,
+                     size_text(sroot.unpacked.size), n, "" if n == 1 else "s")
         cfg = imageconfig.start_stage(base.config(), platform=self._platform(stage))
         state = StageState(root=sroot.path, base=base, config=cfg, upper=sroot.upper)
         state.snapshot = executor.take(sroot.path, ignore=self.stage_opts.ignore_paths, quiescent=True)
@@ -594,15 +595,7 @@ def _step_done(t: StepTiming, wall: float) -> None:
         log.info("  done in %.2fs (no layer)", wall)
     else:
         log.info("  done in %.2fs (run %.2fs, snapshot %.2fs, layer %.2fs, %s)", wall, t.run, t.snapshot, t.layer,
-                 _size(t.layer_size))
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
+                 size_text(t.layer_size))
 
 
 def _summary(r: BuildResult) -> None:

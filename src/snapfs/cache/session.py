@@ -106,25 +106,24 @@ class StepCache:
             fut: Future | None = self._prefetched.get(inputs.local_key())
             if fut is not None:
                 entry = fut.result()
-                if entry is not None and _inputs_of(entry).get("key") != key:
-                    entry = None  # the same step on another state: the exact key may still be there
-            if entry is None:
+            config = entry.config() if entry is not None else {}
+            if _section(config).get("key") != key:  # none, or the same step on another state
                 entry = self._get(tag_for("k", key))
+                config = entry.config() if entry is not None else {}
             if entry is not None:
-                stored = _inputs_of(entry)
-                age = time.time() - float(stored.get("stored") or 0)
+                age = time.time() - float(_section(config).get("stored") or 0)
                 if age > self.options.ttl:
                     return Miss(key, f"the entry expired ({age / 3600:.0f}h old, --cache-ttl "
                                      f"{self.options.ttl / 3600:.0f}h)")
                 layers = self.store.local_layers(entry, self.blobs)
-                history = entry.config().get("history") or [{}]
+                history = config.get("history") or [{}]
                 return Hit(key, layers, str(history[-1].get("created_by", "")))
             slot = self._get(tag_for("s", inputs.slot))
-            stored = _inputs_of(slot).get("inputs") if slot is not None else None
-            reason = explain(stored, inputs)
+            config = slot.config() if slot is not None else {}
+            reason = explain(_section(config).get("inputs") if slot is not None else None, inputs)
             result = None
             if slot is not None:
-                diff_ids = slot.config().get("rootfs", {}).get("diff_ids") or [""]
+                diff_ids = config.get("rootfs", {}).get("diff_ids") or [""]
                 result = str(diff_ids[-1])
             return Miss(key, reason, parent_changed=reason == PARENT_CHANGED, stored_result=result)
         except _Unreachable as exc:
@@ -197,10 +196,9 @@ def _message(exc: BaseException) -> str:
     return getattr(exc, "message", None) or str(exc)
 
 
-def _inputs_of(entry: Image | None) -> dict:
-    if entry is None:
-        return {}
-    section = entry.config().get(SECTION)
+def _section(config: dict) -> dict:
+    """The cache's part of an entry's config (empty when the config has none)."""
+    section = config.get(SECTION)
     return section if isinstance(section, dict) else {}
 
 

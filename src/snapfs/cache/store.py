@@ -10,6 +10,7 @@ session turns into a warning and a miss.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 from contextlib import contextmanager
 from dataclasses import replace
@@ -161,8 +162,6 @@ class _NullStore(BlobStore):
         return digest in self._bytes and (size is None or len(self._bytes[digest]) == size)
 
     def put_bytes(self, data: bytes, *, digest: str | None = None) -> str:
-        import hashlib
-
         digest = digest or "sha256:" + hashlib.sha256(data).hexdigest()
         self._bytes[digest] = data
         return digest
@@ -186,8 +185,6 @@ class _MemoryWriter:
         return len(data)
 
     def commit(self) -> str:
-        import hashlib
-
         data = b"".join(self.chunks)
         got = "sha256:" + hashlib.sha256(data).hexdigest()
         if got != self.digest:
